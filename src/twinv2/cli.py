@@ -1,0 +1,298 @@
+"""The `twinv2` command line. Each subcommand parses its arguments into a config and calls a library function.
+
+Errors a user can fix (bad files, bad values) are printed as one line and exit with status 2; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from twinv2.schema import DataError
+
+DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "kuairand"
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs; values are parsed as YAML scalars (so 0.5, 10, true, [1, 2] work)."""
+    out: dict[str, Any] = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ValueError(f"--set expects key=value, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def parse_time(value: str, dataset: Path | None = None) -> int:
+    """A time given as epoch ms, an ISO date/datetime (UTC), or `eval:N` (the start of evaluation day N)."""
+    v = value.strip()
+    if v.lstrip("-").isdigit():
+        return int(v)
+    if v.startswith("eval:"):
+        if dataset is None:
+            raise ValueError(f"{value!r} needs a dataset")
+        from twinv2.data.storage import Dataset
+
+        days = Dataset(dataset).eval_days
+        i = int(v[5:])
+        if not 0 <= i < len(days):
+            raise ValueError(f"{value!r}: the dataset has evaluation days 0..{len(days) - 1}")
+        return days[i].start_ms
+    import pandas as pd
+
+    try:
+        ts = pd.Timestamp(v)
+    except ValueError as e:
+        raise ValueError(f"cannot read {value!r} as a time (epoch ms, ISO date, or eval:N)") from e
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return int(ts.value // 1_000_000)
+
+
+# ---- subcommands ---------------------------------------------------------------------------------------
+def cmd_generate(a: argparse.Namespace) -> int:
+    from twinv2.config import load_yaml
+    from twinv2.data.generate import WorldConfig, generate_world, preset
+
+    overrides = _parse_overrides(a.set)
+    if a.seed is not None:
+        overrides["seed"] = a.seed
+    if a.users is not None:
+        overrides["n_users"] = a.users
+    if a.config:
+        import dataclasses
+
+        cfg = dataclasses.replace(load_yaml(WorldConfig, a.config), **overrides)
+    else:
+        cfg = preset(a.preset, **overrides)
+    out = Path(a.out or f"data/{a.preset}")
+    root = generate_world(cfg, out, overwrite=a.overwrite, workers=a.workers, progress=not a.quiet)
+    print(f"wrote dataset to {root}")
+    return 0
+
+
+def cmd_import(a: argparse.Namespace) -> int:
+    from twinv2.data.importers import import_kuairand, import_mapped
+
+    if a.source == "kuairand":
+        root = import_kuairand(a.src or DEFAULT_SHARED, a.out, layout=a.layout, n_shards=a.shards,
+                               overwrite=a.overwrite)
+    else:
+        if not a.mapping:
+            raise ValueError("`twinv2 import mapped` needs --mapping FILE.yaml")
+        root = import_mapped(a.mapping, a.out, n_shards=a.shards, overwrite=a.overwrite)
+    print(f"wrote dataset to {root}")
+    return 0
+
+
+def cmd_stats(a: argparse.Namespace) -> int:
+    from twinv2.data.stats import compute_stats, format_stats, plot_stats
+    from twinv2.data.storage import Dataset
+
+    ds = Dataset(a.dataset)
+    stats = compute_stats(ds)
+    print(format_stats(stats))
+    if a.json:
+        _write_json(a.json, stats)
+    if a.plot:
+        for p in plot_stats(ds, stats, Path(a.plot)):
+            print(f"wrote {p}")
+    return 0
+
+
+def cmd_embed(a: argparse.Namespace) -> int:
+    from twinv2.config import from_dict, load_yaml
+    from twinv2.offline.embed import EmbedConfig, embed
+
+    cfg = load_yaml(EmbedConfig, a.config) if a.config else from_dict(EmbedConfig, _parse_overrides(a.set))
+    out = embed(a.dataset, a.out, cfg, embeddings_file=a.embeddings)
+    print(f"wrote item embeddings to {out}")
+    return 0
+
+
+def cmd_cluster(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from twinv2.config import from_dict, load_yaml
+    from twinv2.offline.job import ClusterJobConfig, run_cluster_job
+
+    cfg = load_yaml(ClusterJobConfig, a.config) if a.config else from_dict(ClusterJobConfig, _parse_overrides(a.set))
+    changes = {k: v for k, v in (("engine", a.engine), ("workers", a.workers), ("scheduler", a.scheduler),
+                                 ("variant", a.variant)) if v is not None}
+    cfg = dataclasses.replace(cfg, **changes)
+    snapshot = parse_time(a.snapshot_before, Path(a.dataset))
+    embeddings = a.embeddings or str(Path(a.dataset) / "embeddings" / "item_embeddings.parquet")
+    if not Path(embeddings).exists():
+        raise ValueError(f"item embeddings not found at {embeddings}; run `twinv2 embed {a.dataset}` first "
+                         f"or pass --embeddings FILE")
+    out = run_cluster_job(a.dataset, snapshot, embeddings, cfg, out=a.out, base_snapshot=a.refresh_from,
+                          progress=not a.quiet)
+    print(f"wrote cluster snapshot to {out}")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    if a.what == "generate":
+        from twinv2.bench.generate import bench_generate
+
+        result = bench_generate(a.preset, out=Path(a.out) if a.out else None, workers=a.workers)
+    elif a.what == "cluster":
+        from twinv2.bench.cluster import bench_cluster
+
+        result = bench_cluster(a.dataset, a.embeddings, n_users=a.users, big_user=not a.no_big_user)
+    else:  # pragma: no cover - argparse restricts choices
+        raise ValueError(f"unknown benchmark {a.what!r}")
+    print(json.dumps(result, indent=2, default=str))
+    if a.json:
+        _write_json(a.json, result)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """Generate the default world, describe it, and compress its users' life cycles."""
+    from twinv2.data.generate import generate_world, preset
+    from twinv2.data.stats import compute_stats, format_stats, plot_stats
+    from twinv2.data.storage import Dataset
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    root = out / "world"
+    if (root / "manifest.json").exists():
+        print(f"[demo] reusing the world at {root}")
+    else:
+        print(f"[demo] generating the '{a.preset}' world into {root}")
+        generate_world(preset(a.preset), root, overwrite=True, progress=True)
+    ds = Dataset(root)
+    stats = compute_stats(ds)
+    (out / "stats.txt").write_text(format_stats(stats) + "\n")
+    _write_json(out / "stats.json", stats)
+    print(format_stats(stats))
+    plots = plot_stats(ds, stats, out / "plots")
+    steps = _demo_offline(ds, out)
+    print(f"\n[demo] done in {time.time() - t0:.0f} s. Outputs:")
+    print(f"  dataset      {root}")
+    print(f"  stats        {out / 'stats.txt'}  (+ {len(plots)} plots in {out / 'plots'})")
+    for name, path in steps:
+        print(f"  {name:<12} {path}")
+    return 0
+
+
+def _demo_offline(ds: Any, out: Path) -> list[tuple[str, Path]]:
+    """Embed items and cluster every life cycle before the first evaluation day (issue #3's stages)."""
+    try:
+        from twinv2.offline.embed import EmbedConfig, embed
+        from twinv2.offline.job import ClusterJobConfig, run_cluster_job
+    except ImportError:  # the offline stages are not installed in this build
+        return []
+    emb = embed(ds.root, None, EmbedConfig())
+    snap = run_cluster_job(ds.root, ds.eval_days[0].start_ms, emb, ClusterJobConfig(), progress=True)
+    return [("embeddings", Path(emb)), ("clusters", Path(snap))]
+
+
+def _write_json(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+
+
+# ---- parser ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="twinv2", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate a world with known ground truth")
+    g.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
+    g.add_argument("--config", help="YAML file of WorldConfig fields (instead of a preset)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a WorldConfig field")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--users", type=int, help="number of users (overrides the preset)")
+    g.add_argument("--out", help="dataset directory (default: data/<preset>)")
+    g.add_argument("--workers", type=int, help="processes (default: min(2, cores))")
+    g.add_argument("--overwrite", action="store_true")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("import", help="import KuaiRand logs or any CSV/Parquet via a YAML column mapping")
+    i.add_argument("source", choices=["kuairand", "mapped"])
+    i.add_argument("--layout", default="27k", choices=["27k", "1k"], help="KuaiRand layout (default: 27k)")
+    i.add_argument("--src", help=f"KuaiRand folder (default: {DEFAULT_SHARED})")
+    i.add_argument("--mapping", help="YAML column mapping (for `mapped`)")
+    i.add_argument("--out", required=True, help="dataset directory")
+    i.add_argument("--shards", type=int, default=4)
+    i.add_argument("--overwrite", action="store_true")
+    i.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("stats", help="describe a dataset")
+    s.add_argument("dataset")
+    s.add_argument("--plot", metavar="DIR", help="write PNG plots here")
+    s.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    s.set_defaults(func=cmd_stats)
+
+    e = sub.add_parser("embed", help="train item embeddings K_s on the logs before the evaluation days")
+    e.add_argument("dataset")
+    e.add_argument("--out", help="output table (default: DATASET/embeddings/item_embeddings.parquet)")
+    e.add_argument("--embeddings", help="use this externally supplied table instead of training")
+    e.add_argument("--config", help="YAML of EmbedConfig fields")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an EmbedConfig field")
+    e.set_defaults(func=cmd_embed)
+
+    c = sub.add_parser("cluster", help="compress each user's life cycle into virtual items (Algorithm 1)")
+    c.add_argument("dataset")
+    c.add_argument("--snapshot-before", required=True,
+                   help="only behaviours before this time: epoch ms, ISO date (UTC) or eval:N")
+    c.add_argument("--embeddings", help="item embeddings (default: DATASET/embeddings/item_embeddings.parquet)")
+    c.add_argument("--engine", choices=["local", "dask"])
+    c.add_argument("--scheduler", help="Dask scheduler address (default: a LocalCluster)")
+    c.add_argument("--workers", type=int)
+    c.add_argument("--variant", choices=["adaptive", "binary", "balanced_binary"])
+    c.add_argument("--refresh-from", metavar="SNAPSHOT", help="re-cluster only users changed since this snapshot")
+    c.add_argument("--out", help="snapshot folder (default: DATASET/clusters/before-<ts>)")
+    c.add_argument("--config", help="YAML of ClusterJobConfig fields")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a ClusterJobConfig field")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_cluster)
+
+    b = sub.add_parser("bench", help="benchmarks (each prints JSON; --json PATH writes it)")
+    b.add_argument("what", choices=["generate", "cluster"])
+    b.add_argument("--json", metavar="PATH")
+    b.add_argument("--preset", default="small", help="generate: world preset")
+    b.add_argument("--out", help="generate: where to write the world (default: a temporary folder)")
+    b.add_argument("--workers", type=int)
+    b.add_argument("--dataset", help="cluster: use this dataset's users (default: synthetic users)")
+    b.add_argument("--embeddings", help="cluster: item embeddings for --dataset")
+    b.add_argument("--users", type=int, default=50, help="cluster: users per variant")
+    b.add_argument("--no-big-user", action="store_true", help="cluster: skip the 10^6-behaviour user")
+    b.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser("demo", help="the main job on the embedded default world (what `make demo` runs)")
+    d.add_argument("--out", default="out/demo")
+    d.add_argument("--preset", default="small")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (DataError, ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"twinv2: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("twinv2: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

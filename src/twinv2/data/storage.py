@@ -1,0 +1,245 @@
+"""Dataset directories: Parquet shards by hash(user_id), rows sorted by (user_id, ts), and a manifest.
+
+Layout of a dataset directory::
+
+    manifest.json             written last: a directory without it is incomplete
+    items.parquet             item_id, author_id, tag, duration_ms (sorted by item_id)
+    users.parquet             optional user features
+    behaviours/part-00007.parquet   shard 7: behaviours of users with shard_of(user_id) == 7
+    samples/part-00007.parquet      impressions of the same users
+    quarantine.csv            rows that failed validation, with a reason each (import only)
+    truth/                    generated worlds only: ground truth that models never see
+
+Writers stream: a shard is appended to chunk by chunk (each chunk sorted, and starting after the previous
+chunk's last (user_id, ts)), so a world of any size is written in bounded memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from twinv2.schema import BEHAVIOURS, SAMPLES, DataError, TableSpec
+
+FORMAT = "twinv2-dataset"
+FORMAT_VERSION = 1
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+
+
+def shard_of(user_ids: np.ndarray | Iterable[int], n_shards: int) -> np.ndarray:
+    """Stable shard of each user: splitmix64(user_id) % n_shards (independent of Python's hash seed)."""
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    x = np.asarray(user_ids, dtype=np.int64).astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x += np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x % np.uint64(n_shards)).astype(np.int64)
+
+
+def part_name(shard: int) -> str:
+    return f"part-{shard:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class EvalDay:
+    """One evaluation day: train on [start_ms, test_start_ms), test on [test_start_ms, end_ms) (hour 23)."""
+
+    index: int
+    label: str
+    start_ms: int
+
+    @property
+    def end_ms(self) -> int:
+        return self.start_ms + DAY_MS
+
+    @property
+    def test_start_ms(self) -> int:
+        return self.start_ms + 23 * HOUR_MS
+
+
+def eval_days(first_day_start_ms: int, n_days: int = 5) -> list[EvalDay]:
+    """`n_days` consecutive days starting at `first_day_start_ms` (a day boundary in the data's own clock)."""
+    out = []
+    for i in range(n_days):
+        start = first_day_start_ms + i * DAY_MS
+        label = time.strftime("%Y-%m-%d", time.gmtime(start / 1000))
+        out.append(EvalDay(index=i, label=label, start_ms=int(start)))
+    return out
+
+
+def _schema_for(spec: TableSpec, extras: dict[str, str]) -> pa.Schema:
+    fields = [pa.field(c.name, pa.from_numpy_dtype(np.dtype(c.dtype))) for c in spec.columns]
+    fields += [pa.field(name, pa.from_numpy_dtype(np.dtype(dt))) for name, dt in extras.items()]
+    return pa.schema(fields)
+
+
+class ShardedWriter:
+    """Appends sorted chunks of one table (behaviours or samples) to its shard files.
+
+    Files are written under a temporary name and renamed on `close`, so a crash never leaves a shard that
+    looks complete. Chunks for one shard must arrive in (user_id, ts) order; this is checked.
+    """
+
+    def __init__(self, root: Path, spec: TableSpec, n_shards: int, extras: dict[str, str] | None = None,
+                 compression: str = "zstd") -> None:
+        self.dir = Path(root) / spec.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.spec = spec
+        self.n_shards = n_shards
+        self.schema = _schema_for(spec, extras or {})
+        self.compression = compression
+        self._writers: dict[int, pq.ParquetWriter] = {}
+        self._last: dict[int, tuple[int, int]] = {}
+        self.rows = np.zeros(n_shards, dtype=np.int64)
+
+    def _tmp(self, shard: int) -> Path:
+        return self.dir / (part_name(shard) + ".tmp")
+
+    def append(self, shard: int, columns: dict[str, np.ndarray]) -> None:
+        """Append one chunk (all rows of shard `shard`, sorted by (user_id, ts))."""
+        n = len(columns["user_id"])
+        if n == 0:
+            return
+        uid, ts = columns["user_id"], columns["ts"]
+        first = (int(uid[0]), int(ts[0]))
+        if shard in self._last and first < self._last[shard]:
+            raise ValueError(f"{self.spec.name} shard {shard}: chunk starts at {first}, before {self._last[shard]}")
+        self._last[shard] = (int(uid[-1]), int(ts[-1]))
+        arrays = [pa.array(np.ascontiguousarray(columns[f.name]).astype(f.type.to_pandas_dtype(), copy=False))
+                  for f in self.schema]
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        w = self._writers.get(shard)
+        if w is None:
+            w = pq.ParquetWriter(self._tmp(shard), self.schema, compression=self.compression)
+            self._writers[shard] = w
+        w.write_table(table, row_group_size=1 << 20)
+        self.rows[shard] += n
+
+    def append_frame(self, df: pd.DataFrame) -> None:
+        """Split a whole typed frame by shard (sorting it) and append each part."""
+        df = df.sort_values(["user_id", "ts"], kind="stable")
+        shards = shard_of(df["user_id"].to_numpy(), self.n_shards)
+        for s in np.unique(shards):
+            part = df[shards == s]
+            self.append(int(s), {c: part[c].to_numpy() for c in part.columns})
+
+    def close(self) -> None:
+        """Finish every shard; shards that got no rows are written empty so every part exists."""
+        for s in range(self.n_shards):
+            w = self._writers.pop(s, None)
+            if w is None:
+                pq.write_table(self.schema.empty_table(), self._tmp(s), compression=self.compression)
+            else:
+                w.close()
+            os.replace(self._tmp(s), self.dir / part_name(s))
+
+
+def write_table(path: Path, df: pd.DataFrame) -> None:
+    tmp = Path(str(path) + ".tmp")
+    df.to_parquet(tmp, index=False, compression="zstd")
+    os.replace(tmp, path)
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Write manifest.json atomically; this marks the dataset complete."""
+    body = {"format": FORMAT, "version": FORMAT_VERSION, **manifest}
+    tmp = Path(root) / "manifest.json.tmp"
+    tmp.write_text(json.dumps(body, indent=2, sort_keys=True, default=_json_default) + "\n")
+    os.replace(tmp, Path(root) / "manifest.json")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def prepare_dir(root: Path, overwrite: bool) -> Path:
+    """Create an empty dataset directory; an existing dataset is only replaced with `overwrite`."""
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{root} exists and is not empty; pass --overwrite to replace it")
+        if (root / "manifest.json").exists() or any(p.name in {"behaviours", "samples"} for p in root.iterdir()):
+            shutil.rmtree(root)
+        else:
+            raise FileExistsError(f"{root} is not a twinv2 dataset; refusing to delete it")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+class Dataset:
+    """A dataset directory opened for reading. Histories come from memory-mapped CSR shards (see csr.py)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        mf = self.root / "manifest.json"
+        if not mf.is_file():
+            raise DataError(f"{self.root}: not a complete twinv2 dataset (no manifest.json); "
+                            f"create one with `twinv2 generate` or `twinv2 import`")
+        self.manifest: dict[str, Any] = json.loads(mf.read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise DataError(f"{mf}: format is {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        self.n_shards: int = int(self.manifest["n_shards"])
+        self._csr: dict[int, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"Dataset({str(self.root)!r}, n_shards={self.n_shards})"
+
+    @property
+    def eval_days(self) -> list[EvalDay]:
+        return [EvalDay(**d) for d in self.manifest["eval_days"]]
+
+    @property
+    def cross_features(self) -> list[str]:
+        return list(self.manifest.get("cross_features", []))
+
+    def shard_path(self, table: str, shard: int) -> Path:
+        return self.root / table / part_name(shard)
+
+    def items(self) -> pd.DataFrame:
+        return pd.read_parquet(self.root / "items.parquet")
+
+    def users(self) -> pd.DataFrame | None:
+        p = self.root / "users.parquet"
+        return pd.read_parquet(p) if p.exists() else None
+
+    def samples(self, shards: Iterable[int] | None = None) -> pd.DataFrame:
+        """All samples (or those of some shards), sorted by (ts, user_id) as a streaming trainer reads them."""
+        parts = [pd.read_parquet(self.shard_path(SAMPLES.name, s)) for s in (shards or range(self.n_shards))]
+        df = pd.concat(parts, ignore_index=True)
+        return df.sort_values(["ts", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+
+    def behaviours_frame(self, shard: int) -> pd.DataFrame:
+        return pd.read_parquet(self.shard_path(BEHAVIOURS.name, shard))
+
+    def csr(self, shard: int):  # -> BehaviourCSR (import kept local to avoid a cycle)
+        from twinv2.data.csr import BehaviourCSR
+
+        if shard not in self._csr:
+            self._csr[shard] = BehaviourCSR.open(self.shard_path(BEHAVIOURS.name, shard))
+        return self._csr[shard]
+
+    def history(self, user_id: int, before_ts: int | None = None) -> dict[str, np.ndarray]:
+        """One user's behaviours (all, or those with ts < before_ts) as column views."""
+        shard = int(shard_of([user_id], self.n_shards)[0])
+        return self.csr(shard).history(user_id, before_ts)
+
