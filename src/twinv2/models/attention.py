@@ -1,0 +1,141 @@
+"""Target attention with inherent/cross feature split (TWIN, paper Appendix A.2) and cluster-size reweighting
+(TWIN-V2, Eq. 8–11).
+
+For head h, a sequence element l (a behaviour, or a cluster's virtual item) and a target q:
+
+    α_h,l  = (K_h W^h_h)_l · (q W^q_h) / sqrt(d)  +  Σ_j β_h,j · (E_j[c_l,j] · w_h,j)        (A.2)
+    α'_h,l = α_h,l + ln n_l                                                                 (Eq. 10)
+
+`K_h` holds the inherent (item-only) features, so `K_h W^h` is computed per item, never per
+(sample, position). Each cross feature j has its own 8-dim embedding E_j reduced to one number by w_h,j, so
+the cross term is a gather of per-bucket scalars. The ESU attends with softmax(α') over the kept elements,
+with values `[K_h, K_c] W^v_h` and output `Concat(heads) W^o`.
+
+GSU choice across heads: the GSU keeps the K elements with the largest mean over heads of α'. The mean is
+the natural single relevance for "one selection shared by all heads" and is order-equivalent to summing the
+heads' logits; the ESU then uses each head's own α'. The GSU runs without gradient (top-k is not
+differentiable); GSU and ESU share every parameter, as in TWIN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    dim: int = 32  # D: item embedding dim (input)
+    heads: int = 4  # H, the paper's 4 heads
+    head_dim: int = 16  # d: per-head key/query/value dim
+    out_dim: int = 32  # dim of Concat(heads) W^o
+    cross_dim: int = 8  # E: per cross feature (paper A.2)
+    top_k: int = 100  # K kept by the GSU (paper: 100)
+    log_n_gsu: bool = True  # add ln n in the GSU (Figure 4 ablation switch)
+    log_n_esu: bool = True  # add ln n in the ESU (Figure 4 ablation switch)
+    gsu_chunk: int = 32  # samples per no-grad GSU chunk: bounds the (chunk, L, H*d) gather in memory
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "heads", "head_dim", "out_dim", "cross_dim", "top_k", "gsu_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"AttentionConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+class TargetAttention(nn.Module):
+    """The shared GSU/ESU attention. `cross_buckets[j]` is the bucket count of cross feature j."""
+
+    def __init__(self, cfg: AttentionConfig, cross_buckets: list[int]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        H, d, D, E = cfg.heads, cfg.head_dim, cfg.dim, cfg.cross_dim
+        J = len(cross_buckets)
+        self.n_cross = J
+        self.w_q = nn.Linear(D, H * d, bias=False)
+        self.w_h = nn.Linear(D, H * d, bias=False)
+        self.cross = nn.ModuleList(nn.Embedding(n, E) for n in cross_buckets)
+        # W^c is block-diagonal: one w_h,j in R^E per head and feature, then β_h,j (A.2).
+        self.w_c = nn.Parameter(torch.randn(H, max(J, 1), E) / math.sqrt(E))
+        self.beta = nn.Parameter(torch.ones(H, max(J, 1)))
+        self.w_v = nn.Linear(D + J * E, H * d, bias=False)
+        self.w_o = nn.Linear(H * d, cfg.out_dim, bias=False)
+
+    # ---- pieces ----------------------------------------------------------------------------------------
+    def query(self, target: torch.Tensor) -> torch.Tensor:
+        """Target embeddings (B, D) → queries (B, H, d), pre-scaled by 1/sqrt(d)."""
+        B = target.shape[0]
+        H, d = self.cfg.heads, self.cfg.head_dim
+        return self.w_q(target).view(B, H, d) / math.sqrt(d)  # (B, H, d)
+
+    def keys(self, item_vecs: torch.Tensor) -> torch.Tensor:
+        """Inherent projections K_h W^h for item vectors (..., D) → (..., H, d). Call once per unique item."""
+        H, d = self.cfg.heads, self.cfg.head_dim
+        return self.w_h(item_vecs).unflatten(-1, (H, d))  # (..., H, d)
+
+    def cross_scalars(self) -> list[torch.Tensor]:
+        """Per cross feature j, the table β_h,j (E_j[b] · w_h,j): (n_j, H). Tiny; recomputed per call."""
+        return [(emb.weight @ self.w_c[:, j].T) * self.beta[:, j] for j, emb in enumerate(self.cross)]
+
+    def cross_term(self, cross: torch.Tensor, tables: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Bucket ids (..., J) → Σ_j cross scalar (..., H)."""
+        H = self.cfg.heads
+        tables = self.cross_scalars() if tables is None else tables
+        out = torch.zeros(*cross.shape[:-1], H, device=cross.device)
+        for j, t in enumerate(tables):
+            out = out + t[cross[..., j]]  # (..., H)
+        return out
+
+    # ---- GSU -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def gsu_topk(self, q: torch.Tensor, key_table: torch.Tensor, seq_rows: torch.Tensor, cross: torch.Tensor,
+                 log_n: torch.Tensor | None, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions of the top-K elements per sample by mean-over-heads α'.
+
+        q (B, H, d); key_table (U, H, d) projections of the unique items; seq_rows (B, L) rows into key_table;
+        cross (B, L, J); log_n (B, L) or None; mask (B, L) bool, True = valid.
+        Returns (idx (B, K') long, valid (B, K') bool) with K' = min(K, L); padding is never chosen over a
+        valid element, and a chosen padding slot is marked invalid.
+        """
+        B, L = seq_rows.shape
+        K = min(self.cfg.top_k, L)
+        tables = self.cross_scalars()
+        scores = torch.empty(B, L, device=q.device)
+        step = self.cfg.gsu_chunk
+        for s in range(0, B, step):
+            e = min(B, s + step)
+            k = key_table[seq_rows[s:e]]  # (b, L, H, d)
+            a = torch.einsum("blhd,bhd->blh", k, q[s:e])  # (b, L, H)
+            if self.n_cross:
+                a = a + self.cross_term(cross[s:e], tables)  # (b, L, H)
+            a = a.mean(-1)  # (b, L)
+            if log_n is not None and self.cfg.log_n_gsu:
+                a = a + log_n[s:e]
+            scores[s:e] = a
+        scores.masked_fill_(~mask, float("-inf"))
+        top, idx = scores.topk(K, dim=1)  # (B, K)
+        return idx, torch.isfinite(top)
+
+    # ---- ESU -------------------------------------------------------------------------------------------
+    def esu(self, q: torch.Tensor, item_vecs: torch.Tensor, cross: torch.Tensor, log_n: torch.Tensor | None,
+            mask: torch.Tensor) -> torch.Tensor:
+        """Attention over the kept elements. q (B, H, d); item_vecs (B, K, D); cross (B, K, J);
+        log_n (B, K) or None; mask (B, K). Returns the long-term interest (B, out_dim); zeros for a sample
+        with no valid element."""
+        B, K, D = item_vecs.shape
+        H, d, E = self.cfg.heads, self.cfg.head_dim, self.cfg.cross_dim
+        k = self.keys(item_vecs)  # (B, K, H, d)
+        a = torch.einsum("bkhd,bhd->bkh", k, q)  # (B, K, H)
+        parts = [item_vecs]
+        if self.n_cross:
+            a = a + self.cross_term(cross)  # (B, K, H)
+            parts += [emb(cross[..., j]) for j, emb in enumerate(self.cross)]  # J × (B, K, E)
+        if log_n is not None and self.cfg.log_n_esu:
+            a = a + log_n.unsqueeze(-1)  # (B, K, H)
+        a = a.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        w = torch.softmax(a, dim=1)  # (B, K, H)
+        w = torch.nan_to_num(w, nan=0.0)  # all-padding rows: softmax of all -inf
+        v = self.w_v(torch.cat(parts, dim=-1)).view(B, K, H, d)  # (B, K, H, d)
+        heads = torch.einsum("bkh,bkhd->bhd", w, v)  # (B, H, d)
+        return self.w_o(heads.reshape(B, H * d))  # (B, out_dim)

@@ -1,0 +1,45 @@
+"""The typed model input. Targets are separate from the history; masks are bool with True = valid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class Seq:
+    """A long-term sequence: raw behaviours (latest L before the sample) or a user's clusters."""
+
+    rows: torch.Tensor  # (B, L) int64 item rows of the vocabulary; 0 where padded
+    cross: torch.Tensor  # (B, L, J) int64 cross-feature bucket ids (0 where padded)
+    mask: torch.Tensor  # (B, L) bool, True = a real element
+    log_n: torch.Tensor | None = None  # (B, L) float ln(cluster size); None for raw behaviours
+
+    @property
+    def length(self) -> int:
+        return self.rows.shape[1]
+
+
+@dataclass
+class Batch:
+    target: torch.Tensor  # (B,) int64 item rows of the candidates
+    seq: Seq  # the model's long-term input
+    label: torch.Tensor  # (B,) float32 0/1
+    user_id: torch.Tensor  # (B,) int64 raw user ids (for GAUC)
+    ts: torch.Tensor  # (B,) int64 sample times (ms)
+    user: torch.Tensor | None = None  # (B, F) int64 user-feature bucket ids, when the data has them
+
+    @property
+    def size(self) -> int:
+        return self.target.shape[0]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        def move(x):
+            if isinstance(x, torch.Tensor):
+                return x.to(device)
+            if isinstance(x, Seq):
+                return Seq(**{f.name: move(getattr(x, f.name)) for f in fields(Seq)})
+            return x
+
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in fields(Batch)})
