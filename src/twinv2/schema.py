@@ -172,12 +172,16 @@ def validate(df: pd.DataFrame, spec: TableSpec, source: str, extras: list[str] |
     rows = np.arange(n) if "__row" not in df.columns else df["__row"].to_numpy()
     reasons = np.full(n, "", dtype=object)
 
-    def flag(mask: np.ndarray, text: str | np.ndarray) -> None:
-        new = mask & (reasons == "")
-        if isinstance(text, np.ndarray):
-            reasons[new] = text[new]
-        else:
+    def flag(mask: np.ndarray, text: str, raw: pd.Series | None = None, suffix: str = ")") -> None:
+        """Give rows in `mask` without a reason yet the reason `text`, or `text` + raw value + `suffix`
+        (formatted only for those rows: converting whole columns to text would dominate on big files)."""
+        new = np.flatnonzero(mask & (reasons == ""))
+        if len(new) == 0:
+            return
+        if raw is None:
             reasons[new] = text
+        else:
+            reasons[new] = [f"{text}{v}{suffix}" for v in raw.iloc[new].astype(str)]
 
     out: dict[str, np.ndarray] = {}
     for col in spec.columns:
@@ -194,8 +198,7 @@ def validate(df: pd.DataFrame, spec: TableSpec, source: str, extras: list[str] |
                 f"{source}: column '{col.name}' has no usable {'integer' if integer else 'numeric'} value "
                 f"(row {rows[first]}: {raw.iloc[first]!r}); is it the right column?"
             )
-        shown = raw.astype(str).to_numpy()
-        flag(bad, np.char.add(f"unparsable {col.name} (", np.char.add(shown.astype(str), ")")).astype(object))
+        flag(bad, f"unparsable {col.name} (", raw)
         ok = ~np.isnan(values)  # parsed, non-blank cells: the ones the range checks apply to
         if col.fill is None:
             flag(blank, f"missing {col.name}")
@@ -203,19 +206,18 @@ def validate(df: pd.DataFrame, spec: TableSpec, source: str, extras: list[str] |
             values[blank] = col.fill
         if col.nonneg:
             neg = ok & (values < 0)
-            flag(neg, np.char.add(f"negative {col.name} (", np.char.add(shown.astype(str), ")")).astype(object))
+            flag(neg, f"negative {col.name} (", raw)
         if col.is_time:
             out_of_range = ok & ((values < MIN_TS_MS) | (values >= MAX_TS_MS))
-            flag(out_of_range, np.char.add(f"impossible {col.name} (", np.char.add(shown.astype(str), " ms)")).astype(object))
-        if spec.name == "samples" and col.name == "label":
-            flag(ok & ~np.isin(values, (0, 1)), np.char.add("label not 0/1 (", np.char.add(shown.astype(str), ")")).astype(object))
+            flag(out_of_range, f"impossible {col.name} (", raw, " ms)")
+        if col.name == "label":
+            flag(ok & ~np.isin(values, (0, 1)), "label not 0/1 (", raw)
         values = np.where(np.isnan(values), 0, values)
         out[col.name] = values.astype(col.dtype)
 
     for e in extras:
         values, bad = _parse_numeric(df[e], integer=False)
-        shown = df[e].astype(str).to_numpy()
-        flag(bad, np.char.add(f"unparsable {e} (", np.char.add(shown.astype(str), ")")).astype(object))
+        flag(bad, f"unparsable {e} (", df[e])
         out[e] = values.astype(spec.extra_dtype)
 
     typed = pd.DataFrame(out)
@@ -229,9 +231,9 @@ def validate(df: pd.DataFrame, spec: TableSpec, source: str, extras: list[str] |
         dup[gi[d]] = True
         if dup.any():
             first_row = typed.iloc[gi].groupby(list(spec.key), sort=False)["__row"].transform("first").to_numpy()
-            dup_of = np.zeros(n, dtype=np.int64)
-            dup_of[gi] = first_row
-            flag(dup, np.char.add(f"duplicate {'/'.join(spec.key)} of row ", dup_of.astype(str)).astype(object))
+            dup_of = pd.Series(np.zeros(n, dtype=np.int64))
+            dup_of.iloc[gi] = first_row
+            flag(dup, f"duplicate {'/'.join(spec.key)} of row ", dup_of, "")
     good = reasons == ""
 
     clean = typed[good].sort_values(list(spec.sort), kind="stable").drop(columns="__row").reset_index(drop=True)
