@@ -1,0 +1,153 @@
+"""Engines that map `cluster_shard` over shards: this process, a local process pool, or a Dask cluster.
+
+All engines call the same pure per-shard function and users are seeded by hash(seed, user_id), so they write
+the same bytes. The caller's `finished(stats)` runs in this process as each shard completes (it records the
+shard in the manifest); progress is a tqdm bar over users with users/s and ETA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from twinv2.offline import job
+
+
+@contextlib.contextmanager
+def lock(out_dir: Path) -> Iterator[None]:
+    """Exclusive lock on a snapshot folder for the job's lifetime; the OS drops it if the job is killed."""
+    f = open(Path(out_dir) / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another clustering job is writing {out_dir}; wait for it or pick another "
+                               f"`out`") from None
+        yield
+    finally:
+        f.close()
+
+
+def n_workers(cfg: "job.ClusterJobConfig", n_tasks: int) -> int:
+    return max(1, min(cfg.workers or os.cpu_count() or 1, n_tasks))
+
+
+def run(tasks: list["job.ShardTask"], cfg: "job.ClusterJobConfig", users: dict[int, int],
+        finished: Callable[[dict[str, Any]], None], progress: bool) -> list[dict[str, Any]]:
+    """Run every task; returns their stats in completion order."""
+    bar = tqdm(total=sum(users.values()), unit="user", desc="clustering", disable=not progress,
+               smoothing=0.05, file=sys.stderr, dynamic_ncols=True)
+    try:
+        if cfg.engine == "dask":
+            return _run_dask(tasks, cfg, users, finished, bar)
+        if n_workers(cfg, len(tasks)) == 1:
+            return _run_inline(tasks, finished, bar)
+        return _run_pool(tasks, cfg, users, finished, bar)
+    finally:
+        bar.close()
+
+
+def _run_inline(tasks, finished, bar) -> list[dict[str, Any]]:
+    out = []
+    for t in tasks:
+        stats = job.cluster_shard(t, report=lambda s, k: bar.update(k))
+        finished(stats)
+        out.append(stats)
+    return out
+
+
+def _context():
+    # forkserver/spawn, not fork: a forked child inherits OpenMP (faiss, torch) thread pools in a broken
+    # state. forkserver preloads the job module once, so each worker starts in about the time of a fork.
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["twinv2.offline.job", "faiss", "threadpoolctl"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _run_pool(tasks, cfg, users, finished, bar) -> list[dict[str, Any]]:
+    ctx = _context()
+    q = ctx.Queue()
+    reported = {t.shard: 0 for t in tasks}
+    closed: set[int] = set()
+
+    def drain() -> None:
+        while True:
+            try:
+                s, k = q.get_nowait()
+            except queue_mod.Empty:
+                return
+            if s not in closed:  # a late message of a finished shard was already counted
+                reported[s] += k
+                bar.update(k)
+
+    out = []
+    ex = ProcessPoolExecutor(max_workers=n_workers(cfg, len(tasks)), mp_context=ctx,
+                             initializer=job._init_worker, initargs=(q,))
+    try:
+        futs = {ex.submit(job.cluster_shard, t): t.shard for t in tasks}
+        pending = set(futs)
+        while pending:
+            done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            drain()
+            for f in done:
+                shard = futs[f]
+                try:
+                    stats = f.result()
+                except Exception as e:
+                    raise RuntimeError(f"clustering shard {shard} failed: {e}") from e
+                closed.add(shard)
+                bar.update(users[shard] - reported[shard])
+                finished(stats)
+                out.append(stats)
+    except BaseException:
+        # Do not wait for running shards: their files are not in the manifest, so a rerun redoes them.
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    else:
+        ex.shutdown(wait=True)
+    finally:
+        q.close()
+    return out
+
+
+def _run_dask(tasks, cfg, users, finished, bar) -> list[dict[str, Any]]:
+    from distributed import Client, LocalCluster, as_completed
+
+    with contextlib.ExitStack() as stack:
+        if cfg.scheduler:
+            client = stack.enter_context(Client(cfg.scheduler))
+        else:
+            # Dask's nanny starts workers with OMP/MKL/OpenBLAS threads = 1; each worker runs one task at a time.
+            cluster = stack.enter_context(LocalCluster(n_workers=n_workers(cfg, len(tasks)), threads_per_worker=1,
+                                                       processes=True, dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+        token = uuid.uuid4().hex[:12]  # unique per run: two runs on one scheduler must not share keys
+        futs = client.map(job.cluster_shard, tasks, key=[f"twinv2-cluster-{t.shard}-{token}" for t in tasks],
+                          pure=False, retries=0)
+        shard_of = {f.key: t.shard for f, t in zip(futs, tasks)}
+        out = []
+        try:
+            for f in as_completed(futs):
+                try:
+                    stats = f.result()
+                except Exception as e:
+                    raise RuntimeError(f"clustering shard {shard_of[f.key]} failed: {e}") from e
+                bar.update(users[stats["shard"]])
+                finished(stats)
+                out.append(stats)
+        finally:
+            client.cancel(futs)
+        return out

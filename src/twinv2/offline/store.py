@@ -1,0 +1,264 @@
+"""The cluster snapshot on disk: one Parquet part per behaviour shard, a manifest, and a CSR reader.
+
+Layout of ``<dataset>/clusters/<snapshot>/``::
+
+    manifest.json          rewritten atomically each time a shard finishes; "complete": true once all have
+    part-00007.parquet     virtual items of the users of behaviour shard 7, one row per cluster,
+                           sorted by (user_id, cluster); written to a temporary name and renamed
+    part-00007.csr/        .npy cache of the part made by the reader (BehaviourCSR's), safe to delete
+
+A shard counts as done only if the manifest lists it, its file exists and the file's sha256 equals the one in
+the manifest, so a truncated, corrupt or half-written part is found and redone on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from twinv2.data.storage import part_name, shard_of
+from twinv2.schema import DataError
+
+FORMAT = "twinv2-clusters"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+# One row per cluster (virtual item, Eq. 5-7). `user_n` / `user_last_ts` repeat the user's history
+# fingerprint on each of their rows: a later snapshot compares them to decide whether the user changed.
+COLUMNS: dict[str, str] = {
+    "user_id": "int64",
+    "cluster": "int32",  # 0..C-1 within the user: by completion group, then Algorithm 1's queue order
+    "n": "int32",  # cluster size n_i (used as ln n in attention, Eq. 9)
+    "group": "int8",  # completion-ratio group; len(edges)+1 = unknown ratio
+    "item_id": "int64",  # Eq. 6-7: categorical features of the member nearest the centroid
+    "author_id": "int64",
+    "tag": "int64",
+    "duration_ms": "float32",  # Eq. 5: means over members with a known value (NaN if none)
+    "play_ms": "float32",
+    "ratio": "float32",  # mean completion ratio; NaN in the unknown-ratio group
+    "ts": "float64",  # mean behaviour time (float64: epoch ms do not fit float32)
+    "user_n": "int64",  # behaviours of the user before the snapshot (T)
+    "user_last_ts": "int64",  # time of the user's last behaviour before the snapshot
+}
+SCHEMA = pa.schema([pa.field(k, pa.from_numpy_dtype(np.dtype(v))) for k, v in COLUMNS.items()])
+# Bytes of one virtual item as the model reads it (everything but the per-user fingerprint columns).
+ROW_BYTES = sum(np.dtype(v).itemsize for k, v in COLUMNS.items() if not k.startswith("user_") or k == "user_id")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def sha256_tree(path: str | Path) -> str:
+    """Content hash of a file, or of every file under a directory (relative names included)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"not found: {path}")
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(p.relative_to(path).as_posix().encode() + b"\0" + sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def empty_columns() -> dict[str, np.ndarray]:
+    return {k: np.zeros(0, dtype=v) for k, v in COLUMNS.items()}
+
+
+def to_table(cols: dict[str, np.ndarray]) -> pa.Table:
+    arrays = [pa.array(np.ascontiguousarray(cols[f.name], dtype=COLUMNS[f.name])) for f in SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+class PartWriter:
+    """Streams one part file to a private temporary name; `close` renames it into place atomically.
+
+    Rows are flushed in row groups of whole users once `flush_rows` are buffered, so a shard of any size is
+    written in bounded memory and the bytes depend only on the rows (not on timing or the engine).
+    """
+
+    def __init__(self, path: Path, flush_rows: int = 1 << 20) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-{id(self):x}")
+        self.flush_rows = flush_rows
+        self._buf: list[dict[str, np.ndarray]] = []
+        self._n = 0
+        self.rows = 0
+        self._w = pq.ParquetWriter(self.tmp, SCHEMA, compression="zstd")
+
+    def append(self, cols: dict[str, np.ndarray]) -> None:
+        n = len(cols["user_id"])
+        if n == 0:
+            return
+        self._buf.append(cols)
+        self._n += n
+        if self._n >= self.flush_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buf:
+            return
+        merged = {k: np.concatenate([b[k] for b in self._buf]) for k in COLUMNS}
+        self._w.write_table(to_table(merged), row_group_size=self._n)
+        self.rows += self._n
+        self._buf, self._n = [], 0
+
+    def close(self) -> str:
+        """Finish the file, fsync it, move it into place; returns its sha256."""
+        self._flush()
+        self._w.close()
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        digest = sha256_file(self.tmp)
+        os.replace(self.tmp, self.path)
+        return digest
+
+    def abort(self) -> None:
+        try:
+            self._w.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def read_part(path: str | Path) -> dict[str, np.ndarray]:
+    table = pq.read_table(path)
+    return {name: table.column(name).to_numpy() for name in table.column_names}
+
+
+def read_manifest(snapshot_dir: str | Path) -> dict[str, Any] | None:
+    p = Path(snapshot_dir) / MANIFEST
+    if not p.is_file():
+        return None
+    try:
+        m = json.loads(p.read_text())
+    except ValueError as e:
+        raise DataError(f"{p}: unreadable manifest ({e}); delete the snapshot folder and run the job again") from e
+    if m.get("format") != FORMAT:
+        raise DataError(f"{p}: format is {m.get('format')!r}, expected {FORMAT!r}")
+    return m
+
+
+def write_manifest(snapshot_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Write manifest.json atomically (temporary file, fsync, rename)."""
+    body = {"format": FORMAT, "version": FORMAT_VERSION, **manifest}
+    tmp = Path(snapshot_dir) / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, Path(snapshot_dir) / MANIFEST)
+
+
+def shard_is_done(snapshot_dir: Path, manifest: dict[str, Any] | None, shard: int,
+                  input_fingerprint: str | None = None) -> bool:
+    """True iff the manifest lists the shard, its file exists and has the listed sha256 (and, when given,
+    the shard's input fingerprint is the recorded one)."""
+    entry = (manifest or {}).get("shards", {}).get(str(shard))
+    if not entry:
+        return False
+    if input_fingerprint is not None and entry.get("input_fingerprint") != input_fingerprint:
+        return False
+    path = Path(snapshot_dir) / entry["file"]
+    return path.is_file() and path.stat().st_size == entry.get("bytes") and sha256_file(path) == entry["sha256"]
+
+
+class UserIndex:
+    """One part file in memory with a per-user index, for copying unchanged users into a refreshed snapshot."""
+
+    def __init__(self, cols: dict[str, np.ndarray]) -> None:
+        uid = cols["user_id"]
+        first = np.flatnonzero(np.r_[True, uid[1:] != uid[:-1]]) if len(uid) else np.zeros(0, np.int64)
+        self.cols = cols
+        self.user_ids = uid[first]
+        self.offsets = np.r_[first, len(uid)].astype(np.int64)
+        self.n = cols["user_n"][first]
+        self.last_ts = cols["user_last_ts"][first]
+
+    @classmethod
+    def open(cls, path: str | Path) -> "UserIndex":
+        return cls(read_part(path))
+
+    def unchanged(self, user_ids: np.ndarray, n: np.ndarray, last_ts: np.ndarray) -> np.ndarray:
+        """(U,) bool: does this part hold the user with the same (n, last_ts) history fingerprint?"""
+        if len(self.user_ids) == 0:
+            return np.zeros(len(user_ids), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.user_ids, user_ids), len(self.user_ids) - 1)
+        return (self.user_ids[pos] == user_ids) & (self.n[pos] == n) & (self.last_ts[pos] == last_ts)
+
+    def rows(self, user_id: int) -> dict[str, np.ndarray]:
+        i = int(np.searchsorted(self.user_ids, user_id))
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return {k: v[a:b] for k, v in self.cols.items()}
+
+
+class ClusterSnapshot:
+    """A finished cluster snapshot opened for reading: each user's virtual items in O(log n).
+
+    Parts are read through BehaviourCSR (a memory-mapped .npy cache beside each part), so opening is cheap
+    and a lookup is a binary search over the shard's user ids.
+
+    Attributes:
+        path: the snapshot folder.
+        snapshot_ts: only behaviours with ts < snapshot_ts were clustered (epoch ms).
+        config: the clustering settings used (dict, as in the manifest).
+        n_shards: behaviour shards of the dataset (users are found by `shard_of(user_id, n_shards)`).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        m = read_manifest(self.path)
+        if m is None:
+            raise DataError(f"{self.path}: not a cluster snapshot (no {MANIFEST}); run `twinv2 cluster` first")
+        if not m.get("complete"):
+            done = len(m.get("shards", {}))
+            raise DataError(f"{self.path}: snapshot incomplete ({done} of {m.get('n_shards')} shards); "
+                            f"run the same `twinv2 cluster` command again to finish it")
+        self.manifest = m
+        self.snapshot_ts: int = int(m["snapshot_ts"])
+        self.config: dict[str, Any] = dict(m["config"])
+        self.n_shards: int = int(m["n_shards"])
+        self._csr: dict[int, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"ClusterSnapshot({str(self.path)!r}, snapshot_ts={self.snapshot_ts})"
+
+    def shard(self, shard: int):  # -> BehaviourCSR over the part's columns (user_id excluded)
+        from twinv2.data.csr import BehaviourCSR
+
+        if shard not in self._csr:
+            self._csr[shard] = BehaviourCSR.open(self.path / part_name(shard))
+        return self._csr[shard]
+
+    def clusters(self, user_id: int) -> dict[str, np.ndarray]:
+        """The user's virtual items as column arrays (C,), ordered by cluster; C = 0 for an unknown user."""
+        s = int(shard_of([user_id], self.n_shards)[0])
+        csr = self.shard(s)
+        a, b = csr.user_range(int(user_id))
+        out = {k: np.asarray(v[a:b]) for k, v in csr.columns.items()}
+        out["user_id"] = np.full(b - a, int(user_id), dtype=np.int64)
+        return out
+
+    def user_ids(self) -> np.ndarray:
+        """Every user with at least one cluster, sorted."""
+        return np.sort(np.concatenate([self.shard(s).user_ids for s in range(self.n_shards)]))
+
+    def frame(self):
+        """The whole snapshot as one pandas DataFrame (small data and tests)."""
+        import pandas as pd
+
+        return pd.concat([pd.read_parquet(self.path / part_name(s)) for s in range(self.n_shards)],
+                         ignore_index=True)
