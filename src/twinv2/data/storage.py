@@ -95,13 +95,14 @@ class ShardedWriter:
     """
 
     def __init__(self, root: Path, spec: TableSpec, n_shards: int, extras: dict[str, str] | None = None,
-                 compression: str = "zstd") -> None:
+                 compression: str = "zstd", use_dictionary: bool | list[str] = True) -> None:
         self.dir = Path(root) / spec.name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.spec = spec
         self.n_shards = n_shards
         self.schema = _schema_for(spec, extras or {})
         self.compression = compression
+        self.use_dictionary = use_dictionary  # False or a column list saves time on high-cardinality columns
         self._writers: dict[int, pq.ParquetWriter] = {}
         self._last: dict[int, tuple[int, int]] = {}
         self.rows = np.zeros(n_shards, dtype=np.int64)
@@ -124,7 +125,8 @@ class ShardedWriter:
         table = pa.Table.from_arrays(arrays, schema=self.schema)
         w = self._writers.get(shard)
         if w is None:
-            w = pq.ParquetWriter(self._tmp(shard), self.schema, compression=self.compression)
+            w = pq.ParquetWriter(self._tmp(shard), self.schema, compression=self.compression,
+                                 use_dictionary=self.use_dictionary)
             self._writers[shard] = w
         w.write_table(table, row_group_size=1 << 20)
         self.rows[shard] += n
@@ -137,9 +139,10 @@ class ShardedWriter:
             part = df[shards == s]
             self.append(int(s), {c: part[c].to_numpy() for c in part.columns})
 
-    def close(self) -> None:
-        """Finish every shard; shards that got no rows are written empty so every part exists."""
-        for s in range(self.n_shards):
+    def close(self, shards: Iterable[int] | None = None) -> None:
+        """Finish every shard (or only `shards`, when each worker process writes its own); shards that got no
+        rows are written empty so every part exists."""
+        for s in range(self.n_shards) if shards is None else shards:
             w = self._writers.pop(s, None)
             if w is None:
                 pq.write_table(self.schema.empty_table(), self._tmp(s), compression=self.compression)
