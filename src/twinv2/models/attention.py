@@ -36,7 +36,7 @@ class AttentionConfig:
     top_k: int = 100  # K kept by the GSU (paper: 100)
     log_n_gsu: bool = True  # add ln n in the GSU (Figure 4 ablation switch)
     log_n_esu: bool = True  # add ln n in the ESU (Figure 4 ablation switch)
-    gsu_chunk: int = 32  # samples per no-grad GSU chunk: bounds the (chunk, L, H*d) gather in memory
+    gsu_chunk: int = 64  # samples per no-grad GSU chunk (also capped so a (chunk, U) block stays <= 64 MB)
 
     def __post_init__(self) -> None:
         for name in ("dim", "heads", "head_dim", "out_dim", "cross_dim", "top_k", "gsu_chunk"):
@@ -89,32 +89,44 @@ class TargetAttention(nn.Module):
 
     # ---- GSU -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def gsu_topk(self, q: torch.Tensor, key_table: torch.Tensor, seq_rows: torch.Tensor, cross: torch.Tensor,
-                 log_n: torch.Tensor | None, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions of the top-K elements per sample by mean-over-heads α'.
+    def gsu_scores(self, q: torch.Tensor, key_table: torch.Tensor, seq_rows: torch.Tensor, cross: torch.Tensor,
+                   log_n: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """Mean over heads of α' for every element (B, L); -inf at padding.
 
         q (B, H, d); key_table (U, H, d) projections of the unique items; seq_rows (B, L) rows into key_table;
         cross (B, L, J); log_n (B, L) or None; mask (B, L) bool, True = valid.
+
+        The mean over heads of q_h · k_h is one dot product of the flattened (H·d) vectors, so the relevance
+        of every unique item to a chunk of samples is one matrix product (b, H·d) × (H·d, U), and each
+        position then gathers a single scalar: no (B, L, H, d) tensor is ever built. The cross term is a
+        gather of per-bucket scalars averaged over heads beforehand.
+        """
+        B, L = seq_rows.shape
+        H, d = self.cfg.heads, self.cfg.head_dim
+        U = key_table.shape[0]
+        P = key_table.reshape(U, H * d)  # (U, H*d)
+        Q = q.reshape(B, H * d) / H  # (B, H*d), mean over heads
+        scores = torch.empty(B, L, device=q.device)
+        step = max(1, min(self.cfg.gsu_chunk, (1 << 24) // max(U, 1)))  # bound the (b, U) block to 64 MB
+        for s in range(0, B, step):
+            e = min(B, s + step)
+            scores[s:e] = (Q[s:e] @ P.T).gather(1, seq_rows[s:e])  # (b, U) -> (b, L)
+        for j, t in enumerate(self.cross_scalars()):
+            scores += t.mean(-1)[cross[..., j]]  # (B, L)
+        if log_n is not None and self.cfg.log_n_gsu:
+            scores += log_n
+        return scores.masked_fill_(~mask, float("-inf"))
+
+    @torch.no_grad()
+    def gsu_topk(self, q: torch.Tensor, key_table: torch.Tensor, seq_rows: torch.Tensor, cross: torch.Tensor,
+                 log_n: torch.Tensor | None, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions of the top-K elements per sample by mean-over-heads α' (see `gsu_scores`).
+
         Returns (idx (B, K') long, valid (B, K') bool) with K' = min(K, L); padding is never chosen over a
         valid element, and a chosen padding slot is marked invalid.
         """
-        B, L = seq_rows.shape
-        K = min(self.cfg.top_k, L)
-        tables = self.cross_scalars()
-        scores = torch.empty(B, L, device=q.device)
-        step = self.cfg.gsu_chunk
-        for s in range(0, B, step):
-            e = min(B, s + step)
-            k = key_table[seq_rows[s:e]]  # (b, L, H, d)
-            a = torch.einsum("blhd,bhd->blh", k, q[s:e])  # (b, L, H)
-            if self.n_cross:
-                a = a + self.cross_term(cross[s:e], tables)  # (b, L, H)
-            a = a.mean(-1)  # (b, L)
-            if log_n is not None and self.cfg.log_n_gsu:
-                a = a + log_n[s:e]
-            scores[s:e] = a
-        scores.masked_fill_(~mask, float("-inf"))
-        top, idx = scores.topk(K, dim=1)  # (B, K)
+        scores = self.gsu_scores(q, key_table, seq_rows, cross, log_n, mask)
+        top, idx = scores.topk(min(self.cfg.top_k, seq_rows.shape[1]), dim=1)  # (B, K')
         return idx, torch.isfinite(top)
 
     # ---- ESU -------------------------------------------------------------------------------------------
@@ -124,7 +136,7 @@ class TargetAttention(nn.Module):
         log_n (B, K) or None; mask (B, K). Returns the long-term interest (B, out_dim); zeros for a sample
         with no valid element."""
         B, K, D = item_vecs.shape
-        H, d, E = self.cfg.heads, self.cfg.head_dim, self.cfg.cross_dim
+        H, d = self.cfg.heads, self.cfg.head_dim
         k = self.keys(item_vecs)  # (B, K, H, d)
         a = torch.einsum("bkhd,bhd->bkh", k, q)  # (B, K, H)
         parts = [item_vecs]

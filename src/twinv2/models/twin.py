@@ -1,22 +1,18 @@
-"""TWIN (Chang et al., KDD 2023): the same target attention in GSU and ESU over the latest 10,000 behaviours,
-keeping the top 100. TWIN-V2 (twin_v2.py) reuses this module over clusters with ln n."""
+"""TWIN (Chang et al., KDD 2023): the ESU's own target attention is also the GSU (consistency between
+stages) over the latest 10,000 behaviours; the top 100 go to the ESU. TWIN-V2 (twin_v2.py) runs the same
+module over clusters, where the sequence carries ln n."""
 
 from __future__ import annotations
 
 import torch
 
-from twinv2.models.attention import TargetAttention
 from twinv2.models.batch import Batch
-from twinv2.models.frame import CTRModel
+from twinv2.models.two_stage import TwoStage
 
 
-class TWIN(CTRModel):
+class TWIN(TwoStage):
     sequence = "recent"
     default_seq_len = 10_000
-
-    def build_long_term(self) -> int:
-        self.attn = TargetAttention(self.cfg.attention, self.cross_buckets)
-        return self.cfg.attention.out_dim
 
     @torch.no_grad()
     def key_table(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,13 +24,7 @@ class TWIN(CTRModel):
         uniq, inv = torch.unique(rows, return_inverse=True)
         return self.attn.keys(self.items(uniq)), inv  # (U, H, d)
 
-    def long_term(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
+    def gsu(self, batch: Batch, target: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seq = batch.seq
-        q = self.attn.query(target)  # (B, H, d)
         table, rows = self.key_table(seq.rows)
-        idx, valid = self.attn.gsu_topk(q, table, rows, seq.cross, seq.log_n, seq.mask)  # (B, K) each
-        sel_rows = seq.rows.gather(1, idx)  # (B, K)
-        sel_cross = seq.cross.gather(1, idx.unsqueeze(-1).expand(-1, -1, seq.cross.shape[-1]))  # (B, K, J)
-        sel_log_n = None if seq.log_n is None else seq.log_n.gather(1, idx)  # (B, K)
-        sel_mask = valid & seq.mask.gather(1, idx)  # (B, K)
-        return self.attn.esu(q, self.items(sel_rows), sel_cross, sel_log_n, sel_mask)  # (B, out)
+        return self.attn.gsu_topk(q, table, rows, seq.cross, seq.log_n, seq.mask)

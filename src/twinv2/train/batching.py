@@ -23,29 +23,43 @@ from twinv2.train.features import age_bucket, play_bucket, ratio_bucket
 
 @dataclass
 class _Columns:
-    """Per-shard arrays in model units, computed once: item rows, play and ratio buckets, times, ln n."""
+    """Per-shard arrays in model units, computed once, each with one trailing sentinel element at index N
+    (row 0, buckets 0, time +inf, ln n 0) so that padded positions gather zeros without a mask pass."""
 
     user_ids: np.ndarray  # (U,)
     offsets: np.ndarray  # (U+1,)
-    rows: np.ndarray  # (N,) int64 item rows
-    play: np.ndarray  # (N,) int64
-    ratio: np.ndarray  # (N,) int64
-    ts: np.ndarray  # (N,) float64 (behaviour time, or a cluster's mean time)
-    log_n: np.ndarray | None  # (N,) float32 for clusters
+    rows: np.ndarray  # (N+1,) int64 item rows
+    play: np.ndarray  # (N+1,) int64
+    ratio: np.ndarray  # (N+1,) int64
+    ts: np.ndarray  # (N+1,) float64 (behaviour time, or a cluster's mean time)
+    log_n: np.ndarray | None  # (N+1,) float32 for clusters
+
+    @classmethod
+    def padded(cls, user_ids, offsets, rows, play, ratio, ts, log_n=None) -> "_Columns":
+        return cls(user_ids, offsets, np.r_[rows, 0], np.r_[play, 0], np.r_[ratio, 0],
+                   np.r_[np.asarray(ts, np.float64), np.inf],
+                   None if log_n is None else np.r_[log_n, 0].astype(np.float32))
+
+    @property
+    def sentinel(self) -> int:
+        return len(self.rows) - 1
 
     def ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[start, end) of each user's rows; (0, 0) for a user with none."""
+        if len(self.user_ids) == 0:
+            zero = np.zeros(len(users), np.int64)
+            return zero, zero
         i = np.searchsorted(self.user_ids, users)
-        ic = np.minimum(i, max(len(self.user_ids) - 1, 0))
-        found = (i < len(self.user_ids)) & (self.user_ids[ic] == users) if len(self.user_ids) else np.zeros(
-            len(users), bool)
-        start = np.where(found, self.offsets[ic], 0)
-        end = np.where(found, self.offsets[np.minimum(ic + 1, len(self.offsets) - 1)], 0)
-        return start.astype(np.int64), end.astype(np.int64)
+        ic = np.minimum(i, len(self.user_ids) - 1)
+        found = (i < len(self.user_ids)) & (self.user_ids[ic] == users)
+        return np.where(found, self.offsets[ic], 0), np.where(found, self.offsets[ic + 1], 0)
 
 
 class Batcher:
-    """Builds batches for one model input kind: "recent" (latest L behaviours) or "clusters" (a snapshot)."""
+    """Builds batches for one model input kind: "recent" (latest L behaviours) or "clusters" (a snapshot).
+
+    A batch's sequence length is min(L, the longest sequence in the batch): columns that would be padding
+    for every sample are never built."""
 
     def __init__(self, ds: Dataset, vocab: ItemVocab, sequence: str, seq_len: int) -> None:
         if sequence not in ("recent", "clusters"):
@@ -76,63 +90,63 @@ class Batcher:
         if self.sequence == "recent":
             csr = self.ds.csr(shard)
             c = csr.columns
-            ratio = completion_ratio(c["play_ms"], c["duration_ms"])
-            return _Columns(csr.user_ids, csr.offsets, self.vocab.rows(c["item_id"]),
-                            play_bucket(np.where(np.asarray(c["play_ms"]) >= 0, c["play_ms"], np.nan)),
-                            ratio_bucket(ratio), np.asarray(c["ts"], dtype=np.float64), None)
+            play = np.where(np.asarray(c["play_ms"]) >= 0, c["play_ms"], np.nan)
+            return _Columns.padded(csr.user_ids, csr.offsets, self.vocab.rows(c["item_id"]), play_bucket(play),
+                                   ratio_bucket(completion_ratio(c["play_ms"], c["duration_ms"])), c["ts"])
         if self.snapshot is None:
             raise ValueError("a clusters batcher needs use_snapshot(...) before the first batch")
         csr = self.snapshot.shard(shard)
         c = csr.columns
-        return _Columns(csr.user_ids, csr.offsets, self.vocab.rows(c["item_id"]), play_bucket(c["play_ms"]),
-                        ratio_bucket(c["ratio"]), np.asarray(c["ts"], dtype=np.float64),
-                        np.log(np.asarray(c["n"], dtype=np.float32)))
+        return _Columns.padded(csr.user_ids, csr.offsets, self.vocab.rows(c["item_id"]), play_bucket(c["play_ms"]),
+                               ratio_bucket(c["ratio"]), c["ts"], np.log(np.asarray(c["n"], dtype=np.float32)))
 
     # ---- batches ------------------------------------------------------------------------------------------
     def batch(self, user_id: np.ndarray, item_id: np.ndarray, ts: np.ndarray, label: np.ndarray) -> Batch:
-        B, L = len(user_id), self.seq_len
-        user_id = np.asarray(user_id, np.int64)
-        ts = np.asarray(ts, np.int64)
-        rows = np.zeros((B, L), np.int64)
-        cross = np.zeros((B, L, 3), np.int64)
-        mask = np.zeros((B, L), bool)
-        log_n = np.zeros((B, L), np.float32) if self.sequence == "clusters" else None
+        B = len(user_id)
+        user_id = np.array(user_id, np.int64)  # copies: torch wants writable arrays
+        ts = np.array(ts, np.int64)
         shards = shard_of(user_id, self.ds.n_shards)
+        parts = []
         for s in np.unique(shards):
             b = np.flatnonzero(shards == s)
             col = self._columns(int(s))
             start, end = col.ranges(user_id[b])
-            if self.sequence == "recent":
+            if self.sequence == "recent":  # only behaviours strictly before the sample
                 end = start + np.array([np.searchsorted(col.ts[a:e], t, side="left")
                                         for a, e, t in zip(start, end, ts[b])], dtype=np.int64).reshape(-1)
-            pos, valid = self._positions(col, start, end, L)  # (b, L) each
-            rows[b] = np.where(valid, col.rows[pos], 0)
-            cross[b, :, 0] = np.where(valid, col.play[pos], 0)
-            cross[b, :, 1] = np.where(valid, col.ratio[pos], 0)
-            cross[b, :, 2] = np.where(valid, age_bucket(ts[b, None], col.ts[pos]), 0)
-            mask[b] = valid
+            parts.append((b, col, start, end))
+        L = int(max(1, min(self.seq_len, max(int((e - a).max(initial=0)) for _, _, a, e in parts))))
+        rows = np.empty((B, L), np.int64)
+        mask = np.empty((B, L), bool)
+        cross = np.empty((B, L, 3), np.int64)
+        log_n = np.empty((B, L), np.float32) if self.sequence == "clusters" else None
+        for b, col, start, end in parts:
+            pos = self._positions(col, start, end, L)  # (b, L), padding -> sentinel
+            rows[b] = col.rows[pos]
+            mask[b] = pos != col.sentinel
+            cross[b, :, 0] = col.play[pos]
+            cross[b, :, 1] = col.ratio[pos]
+            cross[b, :, 2] = age_bucket(ts[b, None], col.ts[pos])  # sentinel time +inf -> bucket 0
             if log_n is not None:
-                log_n[b] = np.where(valid, col.log_n[pos], 0.0)
+                log_n[b] = col.log_n[pos]
         return Batch(
             target=torch.from_numpy(self.vocab.rows(item_id)),
             seq=Seq(rows=torch.from_numpy(rows), cross=torch.from_numpy(cross), mask=torch.from_numpy(mask),
                     log_n=None if log_n is None else torch.from_numpy(log_n)),
-            label=torch.as_tensor(np.asarray(label), dtype=torch.float32),
+            label=torch.from_numpy(np.asarray(label, dtype=np.float32)),
             user_id=torch.from_numpy(user_id),
             ts=torch.from_numpy(ts),
         )
 
-    def _positions(self, col: _Columns, start: np.ndarray, end: np.ndarray, L: int) -> tuple[np.ndarray, np.ndarray]:
-        """Row positions (b, L) of the last L elements of each [start, end), left-padded; and their mask.
+    def _positions(self, col: _Columns, start: np.ndarray, end: np.ndarray, L: int) -> np.ndarray:
+        """Row positions (b, L) of the last L elements of each [start, end), left-padded with the sentinel.
 
         Raw behaviours are in time order, so the last L are the latest L. A user with more than L clusters
         keeps the L with the latest mean time (clusters are stored by group, not by time)."""
         pos = end[:, None] - L + np.arange(L)[None, :]  # (b, L)
-        valid = pos >= start[:, None]
-        pos = np.where(valid, pos, 0)
+        pos = np.where(pos >= start[:, None], pos, col.sentinel)
         if self.sequence == "clusters":
             for i in np.flatnonzero(end - start > L):
                 a, e = start[i], end[i]
-                keep = a + np.sort(np.argsort(col.ts[a:e], kind="stable")[-L:])
-                pos[i], valid[i] = keep, True
-        return pos, valid
+                pos[i] = a + np.sort(np.argsort(col.ts[a:e], kind="stable")[-L:])
+        return pos

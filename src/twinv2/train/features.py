@@ -27,7 +27,8 @@ def _log2_bucket(x: np.ndarray, unit: float, n: int) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     ok = np.isfinite(x) & (x >= 0)
     v = np.where(ok, x, 0.0) / unit
-    b = np.where(v < 1.0, 1, np.floor(np.log2(np.maximum(v, 1.0))).astype(np.int64) + 2)
+    # frexp's exponent e satisfies 2^(e-1) <= v < 2^e: exact at powers of two and cheaper than log2.
+    b = np.where(v < 1.0, 1, np.frexp(np.maximum(v, 1.0))[1] + 1)
     return np.where(ok, np.clip(b, 1, n - 1), 0).astype(np.int64)
 
 

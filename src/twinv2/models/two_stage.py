@@ -1,0 +1,56 @@
+"""Two-stage long-term modules: a GSU picks the top-K elements of a long sequence, an ESU (the shared target
+attention of attention.py) attends over them. Models differ only in `gsu`; all keep the top 100."""
+
+from __future__ import annotations
+
+import torch
+
+from twinv2.models.attention import TargetAttention
+from twinv2.models.batch import Batch, Seq
+from twinv2.models.frame import CTRModel
+
+
+def take(seq: Seq, idx: torch.Tensor, valid: torch.Tensor) -> Seq:
+    """The elements `idx` (B, K) of `seq`; `valid` (B, K) marks real picks (a pick of padding is invalid)."""
+    J = seq.cross.shape[-1]
+    return Seq(
+        rows=seq.rows.gather(1, idx),  # (B, K)
+        cross=seq.cross.gather(1, idx.unsqueeze(-1).expand(-1, -1, J)),  # (B, K, J)
+        mask=valid & seq.mask.gather(1, idx),  # (B, K)
+        log_n=None if seq.log_n is None else seq.log_n.gather(1, idx),  # (B, K)
+    )
+
+
+def topk_where(score: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k positions of `score` (B, L) among `mask`ed-in positions; padding scores -inf and is flagged
+    invalid when chosen. Ties are broken by position (later = more recent wins) so selection is
+    deterministic."""
+    B, L = score.shape
+    k = min(k, L)
+    # A tiny position term breaks ties towards recency without reordering distinct scores.
+    pos = torch.arange(L, device=score.device, dtype=torch.float64) / (L * 4.0)
+    s = score.double() + pos
+    s = s.masked_fill(~mask, float("-inf"))
+    top, idx = s.topk(k, dim=1)  # (B, k)
+    return idx, torch.isfinite(top)
+
+
+class TwoStage(CTRModel):
+    """Base for SIM/ETA/TWIN-style models: subclasses implement `gsu(batch, target, q) -> (idx, valid)`."""
+
+    sequence = "recent"
+    default_seq_len = 10_000
+
+    def build_long_term(self) -> int:
+        self.attn = TargetAttention(self.cfg.attention, self.cross_buckets)
+        return self.cfg.attention.out_dim
+
+    def gsu(self, batch: Batch, target: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def long_term(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
+        q = self.attn.query(target)  # (B, H, d)
+        with torch.no_grad():
+            idx, valid = self.gsu(batch, target, q)  # (B, K) each
+        sel = take(batch.seq, idx, valid)
+        return self.attn.esu(q, self.items(sel.rows), sel.cross, sel.log_n, sel.mask)  # (B, out)
