@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from twinv2.models.search import pair_dots, topk_exact
+
 
 @dataclass(frozen=True)
 class AttentionConfig:
@@ -101,16 +103,12 @@ class TargetAttention(nn.Module):
         position then gathers a single scalar: no (B, L, H, d) tensor is ever built. The cross term is a
         gather of per-bucket scalars averaged over heads beforehand.
         """
-        B, L = seq_rows.shape
+        B = seq_rows.shape[0]
         H, d = self.cfg.heads, self.cfg.head_dim
         U = key_table.shape[0]
         P = key_table.reshape(U, H * d)  # (U, H*d)
         Q = q.reshape(B, H * d) / H  # (B, H*d), mean over heads
-        scores = torch.empty(B, L, device=q.device)
-        step = max(1, min(self.cfg.gsu_chunk, (1 << 24) // max(U, 1)))  # bound the (b, U) block to 64 MB
-        for s in range(0, B, step):
-            e = min(B, s + step)
-            scores[s:e] = (Q[s:e] @ P.T).gather(1, seq_rows[s:e])  # (b, U) -> (b, L)
+        scores = pair_dots(Q, P, seq_rows, self.cfg.gsu_chunk)  # (B, L)
         for j, t in enumerate(self.cross_scalars()):
             scores += t.mean(-1)[cross[..., j]]  # (B, L)
         if log_n is not None and self.cfg.log_n_gsu:
@@ -126,8 +124,7 @@ class TargetAttention(nn.Module):
         valid element, and a chosen padding slot is marked invalid.
         """
         scores = self.gsu_scores(q, key_table, seq_rows, cross, log_n, mask)
-        top, idx = scores.topk(min(self.cfg.top_k, seq_rows.shape[1]), dim=1)  # (B, K')
-        return idx, torch.isfinite(top)
+        return topk_exact(scores, mask, self.cfg.top_k)
 
     # ---- ESU -------------------------------------------------------------------------------------------
     def esu(self, q: torch.Tensor, item_vecs: torch.Tensor, cross: torch.Tensor, log_n: torch.Tensor | None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from twinv2.models.batch import Batch
+from twinv2.models.search import item_table
 from twinv2.models.two_stage import TwoStage
 
 
@@ -18,11 +19,8 @@ class TWIN(TwoStage):
     def key_table(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K_h W^h once per item: for every vocabulary item when that is no more work than the batch's
         positions, else for the batch's unique items. Returns (table (U, H, d), rows into it (B, L))."""
-        if self.items.n_items <= rows.numel():
-            every = torch.arange(self.items.n_items, device=rows.device)
-            return self.attn.keys(self.items(every)), rows  # (I, H, d)
-        uniq, inv = torch.unique(rows, return_inverse=True)
-        return self.attn.keys(self.items(uniq)), inv  # (U, H, d)
+        table, rows = item_table(self.items, rows)  # (U, D), (B, L)
+        return self.attn.keys(table), rows  # (U, H, d)
 
     def gsu(self, batch: Batch, target: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seq = batch.seq

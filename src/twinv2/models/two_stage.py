@@ -1,5 +1,5 @@
 """Two-stage long-term modules: a GSU picks the top-K elements of a long sequence, an ESU (the shared target
-attention of attention.py) attends over them. Models differ only in `gsu`; all keep the top 100."""
+attention of attention.py) attends over them. Models differ only in `gsu`; all keep the top 100 (search.topk_exact: deterministic, ties towards recency)."""
 
 from __future__ import annotations
 
@@ -19,20 +19,6 @@ def take(seq: Seq, idx: torch.Tensor, valid: torch.Tensor) -> Seq:
         mask=valid & seq.mask.gather(1, idx),  # (B, K)
         log_n=None if seq.log_n is None else seq.log_n.gather(1, idx),  # (B, K)
     )
-
-
-def topk_where(score: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k positions of `score` (B, L) among `mask`ed-in positions; padding scores -inf and is flagged
-    invalid when chosen. Ties are broken by position (later = more recent wins) so selection is
-    deterministic."""
-    B, L = score.shape
-    k = min(k, L)
-    # A tiny position term breaks ties towards recency without reordering distinct scores.
-    pos = torch.arange(L, device=score.device, dtype=torch.float64) / (L * 4.0)
-    s = score.double() + pos
-    s = s.masked_fill(~mask, float("-inf"))
-    top, idx = s.topk(k, dim=1)  # (B, k)
-    return idx, torch.isfinite(top)
 
 
 class TwoStage(CTRModel):
