@@ -32,11 +32,6 @@ def validate_edges(edges: Sequence[float]) -> np.ndarray:
     return arr
 
 
-def n_groups(edges: Sequence[float] = DEFAULT_EDGES) -> int:
-    """Number of group ids :func:`completion_groups` can return: M = len(edges)+1 ratio bins plus the unknown group."""
-    return len(validate_edges(edges)) + 2
-
-
 def completion_groups(
     play_ms: np.ndarray,
     duration_ms: np.ndarray,
@@ -69,7 +64,9 @@ def completion_groups(
     known = (dur > 0) & (play >= 0)  # False for NaN as well
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(known, play / np.where(known, dur, 1.0), 0.0)
-    # side="right": p equal to an edge counts as >= that edge (left-closed bins); p >= 1 lands past every edge.
-    groups = np.searchsorted(e, p, side="right").astype(np.int64)
+    # Counting edges <= p makes bins left-closed; p >= 1 passes every edge. (Faster than searchsorted for M ~ 5.)
+    groups = np.zeros(len(p), dtype=np.int64)
+    for edge in e:
+        groups += p >= edge
     groups[~known] = len(e) + 1
     return groups

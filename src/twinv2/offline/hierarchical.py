@@ -16,10 +16,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from .grouping import DEFAULT_EDGES, completion_groups, validate_edges
-from .kmeans import BACKENDS, item_keys, kmeans, lloyd_segments
+from .kmeans import BACKENDS, INITS, check_max_points, kmeans
+from .lloyd import item_keys, lloyd_segments
 
 VARIANTS = ("adaptive", "binary", "balanced_binary")
-# faiss wins only on big sets; below this the batched numpy Lloyd (same algorithm) has far less overhead.
+# Sets at least this big go to faiss (backend "faiss"). Measured on one core: below a few thousand items the
+# batched numpy Lloyd (same algorithm) is as fast or faster, since faiss pays per call; on a 10^6-behaviour user
+# faiss's fused assignment made the top levels (sets of 10^4-10^5 items, δ = 16-51) ~1.5x faster.
 FAISS_MIN_SET = 4096
 
 
@@ -27,6 +30,11 @@ def _excl_cumsum(a: np.ndarray) -> np.ndarray:
     out = np.zeros(len(a), dtype=np.int64)
     np.cumsum(a[:-1], out=out[1:])
     return out
+
+
+def _stable_order(key: np.ndarray, n_keys: int) -> np.ndarray:
+    """Stable argsort of small non-negative int keys; 16-bit keys get numpy's O(n) radix sort."""
+    return np.argsort(key.astype(np.uint16) if n_keys <= 1 << 16 else key, kind="stable")
 
 
 class HierarchicalClusterer:
@@ -42,6 +50,11 @@ class HierarchicalClusterer:
             ``"numpy"`` or ``"sklearn"`` (one ``KMeans`` per set; a slow reference).
         n_iter: Lloyd rounds per k-means call.
         seed: seeds every k-means call (through the set's level and its items' indices).
+        init: initial centroids of each k-means call: ``"random"`` (members drawn uniformly, as faiss does) or
+            ``"k-means++"`` (a little more accurate, slower); the sklearn backend always uses k-means++.
+        max_points_per_centroid: faiss's subsampling: a set with more than ``δ`` times this many items trains
+            its k-means on a random subsample of that size, then assigns every item. None (default) trains on
+            all items; 256 (faiss's default) roughly halves the time of a 10^6-behaviour user.
 
     Attributes:
         labels_: (T,) int64 cluster of each behaviour, clusters numbered 0..C-1 by group, then queue-pop order.
@@ -60,6 +73,8 @@ class HierarchicalClusterer:
         backend: str = "faiss",
         n_iter: int = 20,
         seed: int = 0,
+        init: str = "random",
+        max_points_per_centroid: int | None = None,
     ) -> None:
         if isinstance(gamma, bool) or not isinstance(gamma, (int, np.integer)) or gamma < 2:
             raise ValueError(f"gamma must be an integer >= 2, got {gamma!r}")
@@ -74,6 +89,9 @@ class HierarchicalClusterer:
             raise ValueError(f"n_iter must be an integer >= 1, got {n_iter!r}")
         if not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer, got {seed!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        check_max_points(max_points_per_centroid)
         self.gamma = gamma
         self.delta_exponent = delta_exponent
         self.variant = variant
@@ -81,6 +99,8 @@ class HierarchicalClusterer:
         self.backend = backend
         self.n_iter = n_iter
         self.seed = seed
+        self.init = init
+        self.max_points_per_centroid = max_points_per_centroid
 
     def deltas(self, sizes: np.ndarray) -> np.ndarray:
         """δ per set of the given sizes (all >= γ): ⌊|V|^e⌋ (at least 2) for adaptive, else 2."""
@@ -119,11 +139,12 @@ class HierarchicalClusterer:
             src = np.repeat(b_start - _excl_cumsum(b_size), b_size) + np.arange(int(b_size.sum()))
             idx = perm[src]
             setid = np.repeat(np.arange(len(b_size)), b_size)
-            lab, nparts = self._split(x[idx], b_size, idx, level)
-            # Children are contiguous and in part order, as Algorithm 1 pushes them on the queue.
-            perm[src] = idx[np.lexsort((lab, setid))]
+            lab, nparts = self._split(x, idx, b_size, level)
             kmax = int(nparts.max())
-            counts = np.bincount(setid * kmax + lab, minlength=len(b_size) * kmax).reshape(-1, kmax)
+            key = setid * kmax + lab
+            # Children are contiguous and in part order, as Algorithm 1 pushes them on the queue.
+            perm[src] = idx[_stable_order(key, len(b_size) * kmax)]
+            counts = np.bincount(key, minlength=len(b_size) * kmax).reshape(-1, kmax)
             c_size = counts[np.arange(kmax) < nparts[:, None]]
             c_start = np.repeat(b_start, nparts) + (_excl_cumsum(c_size) - np.repeat(_excl_cumsum(b_size), nparts))
             q_start, q_size, q_group = c_start, c_size, np.repeat(b_group, nparts)
@@ -140,7 +161,7 @@ class HierarchicalClusterer:
         labels[perm] = np.repeat(by_pos, f_size[by_pos])
         centroids = np.zeros((C, D), dtype=np.float32)
         if C:
-            sums = np.add.reduceat(x[perm], f_start[by_pos], axis=0, dtype=np.float64)
+            sums = np.add.reduceat(np.take(x, perm, axis=0), f_start[by_pos], axis=0)
             centroids[by_pos] = sums / f_size[by_pos, None]
         self.labels_ = labels
         self.n_clusters_ = C
@@ -149,8 +170,8 @@ class HierarchicalClusterer:
         self.n_splits_ = n_splits
         return self
 
-    def _split(self, xw: np.ndarray, sizes: np.ndarray, idx: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
-        """Split every set of one queue level; sets are consecutive segments of ``xw`` of lengths ``sizes``.
+    def _split(self, x: np.ndarray, idx: np.ndarray, sizes: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """Split every set of one queue level; set s is rows ``idx[sum(sizes[:s]) : sum(sizes[:s+1])]`` of ``x``.
 
         Returns local labels (n,) numbered 0..parts-1 per set with no empty part, and parts (S,) >= 2.
         """
@@ -160,26 +181,31 @@ class HierarchicalClusterer:
         starts = _excl_cumsum(sizes)
         keys = item_keys(int(self.seed), idx, salt=level)
         kmax = int(ks.max())
-        lab = np.empty(len(xw), dtype=np.int64)
-        cents = np.zeros((S, kmax, xw.shape[1]), dtype=np.float32)
+        n = len(idx)
+        lab = np.empty(n, dtype=np.int64)
+        cents = np.zeros((S, kmax, x.shape[1]), dtype=np.float32)
         big = sizes >= FAISS_MIN_SET if self.backend == "faiss" else np.full(S, self.backend == "sklearn")
         if not big.all():
             rest = np.flatnonzero(~big)
             sel = np.isin(setid, rest) if big.any() else slice(None)
-            lab[sel], c = lloyd_segments(xw[sel], sizes[rest], ks[rest], keys[sel], self.n_iter)
-            cents[rest, : c.shape[1]] = np.nan_to_num(c)
+            lab[sel], c = lloyd_segments(x, idx[sel], sizes[rest], ks[rest], keys[sel], self.n_iter, self.init,
+                                         self.max_points_per_centroid)
+            if self.variant == "balanced_binary":
+                cents[rest, : c.shape[1]] = np.nan_to_num(c)
         for s in np.flatnonzero(big):  # few, large sets: call overhead is negligible here
             a, b = starts[s], starts[s] + sizes[s]
-            lab[a:b], c = kmeans(xw[a:b], int(ks[s]), int(keys[a]) & 0x7FFFFFFF, self.n_iter, self.backend)
+            xs = np.take(x, idx[a:b], axis=0)
+            lab[a:b], c = kmeans(xs, int(ks[s]), int(keys[a]) & 0x7FFFFFFF, self.n_iter, self.backend, self.init,
+                                 self.max_points_per_centroid)
             cents[s, : len(c)] = c  # consecutive labels: slot j is part j
             cents[s, len(c) :] = c[-1]  # a set k-means could not split gets a zero projection below
         if self.variant == "balanced_binary":
             # Equal halves: order by projection on the centroid difference, cut at the median. Coinciding
             # centroids give a zero projection and the stable order then cuts by position, which still splits.
-            proj = np.einsum("nd,nd->n", xw, (cents[:, 1] - cents[:, 0])[setid])
+            proj = np.einsum("nd,nd->n", np.take(x, idx, axis=0), (cents[:, 1] - cents[:, 0])[setid])
             order = np.lexsort((proj, setid))
-            rank = np.empty(len(xw), dtype=np.int64)
-            rank[order] = np.arange(len(xw)) - starts[setid[order]]
+            rank = np.empty(n, dtype=np.int64)
+            rank[order] = np.arange(n) - starts[setid[order]]
             return (rank >= (sizes // 2)[setid]).astype(np.int64), np.full(S, 2, dtype=np.int64)
         # Renumber non-empty parts consecutively per set.
         nonempty = np.bincount(setid * kmax + lab, minlength=S * kmax).reshape(S, kmax) > 0
@@ -190,7 +216,7 @@ class HierarchicalClusterer:
             # k-means cannot split coinciding points; cut by position into δ near-equal chunks so the
             # recursion always makes progress (every part is strictly smaller than its parent).
             m = stuck[setid]
-            pos = np.arange(len(xw)) - starts[setid]
+            pos = np.arange(n) - starts[setid]
             lab[m] = (pos[m] * ks[setid[m]]) // sizes[setid[m]]
             nparts = np.where(stuck, ks, nparts)
         return lab, nparts

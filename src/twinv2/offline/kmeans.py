@@ -1,10 +1,8 @@
-"""k-means for the hierarchical clustering of TWIN-V2 (Algorithm 1, §3.3.1): faiss, numpy and sklearn backends.
+"""One k-means call with a choice of backend (faiss, numpy, sklearn), for TWIN-V2's Algorithm 1 (§3.3.1).
 
-The recursion calls k-means hundreds of times per user on small sets (20 to a few hundred items), so per-call
-overhead matters more than asymptotic speed. :func:`lloyd_segments` therefore runs Lloyd's algorithm on many
-independent sets at once (padded batched matmuls), and :func:`kmeans` is the one-set convenience wrapper.
-All backends run the same algorithm: random initial centroids drawn among the points, then ``n_iter`` rounds
-of assign + mean update (faiss's default); only the random draws and float rounding differ.
+All backends run the same algorithm up to random draws and float rounding: initial centroids drawn among the
+points (``init="random"``, faiss's own; or k-means++), then ``n_iter`` rounds of assignment + mean update.
+The sklearn backend (always k-means++) is the reference row of the benchmarks.
 """
 
 from __future__ import annotations
@@ -15,34 +13,18 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .lloyd import item_keys, lloyd_segments, seed_kmeanspp
+
 BACKENDS = ("faiss", "numpy", "sklearn")
-_U64_MAX = np.iinfo(np.uint64).max
-
-
-def splitmix64(z: np.ndarray) -> np.ndarray:
-    """Vectorised SplitMix64 hash of a uint64 array (wrapping arithmetic is intended).
-
-    A counter-based hash instead of a stateful RNG makes a set's random initial centroids depend only on
-    (seed, item index, recursion level), not on which other sets happen to be batched with it.
-    """
-    z = np.asarray(z, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def item_keys(seed: int, index: np.ndarray, salt: int = 0) -> np.ndarray:
-    """(n,) uint64 pseudo-random keys for items ``index`` under ``(seed, salt)``; smallest keys seed centroids."""
-    base = splitmix64(np.array([(seed & 0xFFFFFFFF) << 32 | (salt & 0xFFFFFFFF)], dtype=np.uint64))
-    return splitmix64(np.asarray(index, dtype=np.uint64) ^ base)
+INITS = ("random", "k-means++")
 
 
 @contextlib.contextmanager
 def faiss_single_thread() -> Iterator[None]:
     """Run faiss with one OpenMP thread, then restore the previous setting.
 
-    Measured: two OpenMP threads make this many-small-calls recursion several times slower (thread wake-up
-    dominates), and the offline job parallelises over users with processes instead. Restoring keeps other
+    Measured: two OpenMP threads make this many-small-calls recursion several times slower, and the offline
+    job parallelises over users with processes instead. Restoring keeps other
     faiss users in the same process (e.g. a global 10,000-cluster k-means) multi-threaded.
     """
     import faiss
@@ -53,81 +35,6 @@ def faiss_single_thread() -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(prev)
-
-
-def _lloyd_padded(
-    p: np.ndarray, valid: np.ndarray, c: np.ndarray, kvalid: np.ndarray, n_iter: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd on S padded sets at once. p (S, N, D), valid (S, N), c (S, K, D) initial, kvalid (S, K)."""
-    S, N, D = p.shape
-    K = c.shape[1]
-    ar = np.arange(K)
-    validf = valid[:, :, None]  # (S, N, 1)
-    lab = np.zeros((S, N), dtype=np.int64)
-    for it in range(max(n_iter, 1)):
-        cc = np.einsum("skd,skd->sk", c, c)  # (S, K)
-        cc[~kvalid] = np.inf  # unused centroid slots of sets with fewer than K clusters
-        # ||x||^2 is constant per point, so argmin of ||c||^2 - 2 x.c is the nearest centroid.
-        d = cc[:, None, :] - 2.0 * np.matmul(p, c.transpose(0, 2, 1))  # (S, N, K)
-        new = d.argmin(axis=2)  # (S, N)
-        if it > 0 and np.array_equal(new, lab):
-            break  # converged: further rounds would change nothing
-        lab = new
-        onehot = ((lab[:, :, None] == ar) & validf).astype(p.dtype)  # (S, N, K)
-        sums = np.matmul(onehot.transpose(0, 2, 1), p)  # (S, K, D)
-        cnt = onehot.sum(axis=1)  # (S, K)
-        # An empty cluster keeps its previous centroid; it is dropped when labels are made consecutive.
-        c = np.where(cnt[:, :, None] > 0, sums / np.maximum(cnt, 1)[:, :, None], c)
-    return lab, c
-
-
-def lloyd_segments(
-    x: np.ndarray, sizes: np.ndarray, ks: np.ndarray, keys: np.ndarray, n_iter: int = 20
-) -> tuple[np.ndarray, np.ndarray]:
-    """Independent k-means on consecutive segments of ``x``.
-
-    Args:
-        x: (n, D) float32, segment s is rows ``sum(sizes[:s]) : sum(sizes[:s+1])``.
-        sizes: (S,) segment lengths, each >= 1.
-        ks: (S,) clusters per segment, ``1 <= ks[s] <= sizes[s]``.
-        keys: (n,) uint64; in each segment the ``ks[s]`` rows with the smallest keys are the initial centroids.
-        n_iter: maximum Lloyd rounds (stops early once assignments no longer change).
-
-    Returns:
-        labels (n,) int64 in ``0..ks[s]-1`` per segment (some may be empty), and centroids (S, max(ks), D)
-        with NaN in the slots past ``ks[s]``.
-    """
-    sizes = np.asarray(sizes, dtype=np.int64)
-    ks = np.asarray(ks, dtype=np.int64)
-    assert np.all(sizes >= 1) and np.all(ks >= 1) and np.all(ks <= sizes)
-    S = len(sizes)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    labels = np.empty(len(x), dtype=np.int64)
-    cents = np.full((S, int(ks.max(initial=1)), x.shape[1]), np.nan, dtype=x.dtype)
-    # Bucket by (k, size octave) so padding wastes at most 2x and K is shared within a bucket.
-    octave = np.ceil(np.log2(sizes)).astype(np.int64)
-    bucket = ks * 64 + octave
-    order = np.argsort(bucket, kind="stable")
-    bounds = np.flatnonzero(np.diff(bucket[order])) + 1
-    for sets in np.split(order, bounds):
-        bs, bk = sizes[sets], ks[sets]
-        nb, N, K = len(sets), int(bs.max()), int(bk.max())
-        rows = np.repeat(np.arange(nb), bs)
-        cols = np.arange(int(bs.sum())) - np.repeat(np.cumsum(bs) - bs, bs)
-        src = np.repeat(starts[sets], bs) + cols
-        p = np.zeros((nb, N, x.shape[1]), dtype=x.dtype)
-        p[rows, cols] = x[src]
-        valid = np.zeros((nb, N), dtype=bool)
-        valid[rows, cols] = True
-        kp = np.full((nb, N), _U64_MAX, dtype=np.uint64)
-        kp[rows, cols] = keys[src]
-        first = np.argsort(kp, axis=1, kind="stable")[:, :K]  # (nb, K) rows with the smallest keys
-        c0 = np.take_along_axis(p, first[:, :, None], axis=1)  # (nb, K, D)
-        kvalid = np.arange(K) < bk[:, None]  # (nb, K)
-        lab, c = _lloyd_padded(p, valid, c0, kvalid, n_iter)
-        labels[src] = lab[rows, cols]
-        cents[sets, :K] = np.where(kvalid[:, :, None], c, np.nan)
-    return labels, cents
 
 
 def consecutive(labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +48,13 @@ def consecutive(labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def kmeans(
-    x: np.ndarray, k: int, seed: int, n_iter: int = 20, backend: str = "faiss"
+    x: np.ndarray,
+    k: int,
+    seed: int,
+    n_iter: int = 20,
+    backend: str = "faiss",
+    init: str = "random",
+    max_points_per_centroid: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """k-means of the rows of ``x`` into at most ``k`` clusters.
 
@@ -152,6 +65,11 @@ def kmeans(
         n_iter: Lloyd rounds.
         backend: ``"faiss"`` (``faiss.Kmeans``, one thread), ``"numpy"`` (:func:`lloyd_segments`) or
             ``"sklearn"`` (``KMeans(init="k-means++", n_init=1)``, the reference row of the benchmarks).
+        init: ``"random"`` (k members drawn uniformly, faiss's own init) or ``"k-means++"``; faiss and numpy
+            only, sklearn always uses k-means++.
+        max_points_per_centroid: faiss's parameter: with more than ``k`` times this many points, train on a
+            random subsample of that size, then assign every point to the trained centroids. None (default)
+            trains on all points. faiss and numpy only.
 
     Returns:
         labels (n,) int64 and centroids (k', d) float32. Empty clusters are dropped and labels renumbered
@@ -164,13 +82,16 @@ def kmeans(
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    check_max_points(max_points_per_centroid)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"x must be a non-empty (n, d) array, got shape {x.shape}")
     n, d = x.shape
     k = int(min(k, n))
     if backend == "faiss":
-        labels, cent = _faiss_kmeans(x, k, seed, n_iter)
+        labels, cent = _faiss_kmeans(x, k, seed, n_iter, init, max_points_per_centroid)
     elif backend == "sklearn":
         from sklearn.cluster import KMeans
         from sklearn.exceptions import ConvergenceWarning
@@ -178,28 +99,45 @@ def kmeans(
         with warnings.catch_warnings():
             # Duplicate points make fewer than k distinct clusters; that case is handled by the caller.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=n_iter, random_state=seed).fit(x)
+            km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=n_iter, random_state=seed & 0xFFFFFFFF)
+            km.fit(x)
         labels, cent = km.labels_.astype(np.int64), km.cluster_centers_.astype(np.float32)
     else:
         keys = item_keys(seed, np.arange(n))
-        labels, cents = lloyd_segments(x, np.array([n]), np.array([k]), keys, n_iter)
+        labels, cents = lloyd_segments(
+            x, np.arange(n), np.array([n]), np.array([k]), keys, n_iter, init, max_points_per_centroid
+        )
         cent = cents[0, :k]
     labels, nonempty = consecutive(labels, k)
     return labels, np.ascontiguousarray(cent[nonempty], dtype=np.float32)
 
 
-def _faiss_kmeans(x: np.ndarray, k: int, seed: int, n_iter: int) -> tuple[np.ndarray, np.ndarray]:
+def check_max_points(max_points_per_centroid: int | None) -> None:
+    """Raise ValueError unless ``max_points_per_centroid`` is None or an integer >= 1."""
+    m = max_points_per_centroid
+    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1):
+        raise ValueError(f"max_points_per_centroid must be None or an integer >= 1, got {m!r}")
+
+
+def _faiss_kmeans(
+    x: np.ndarray, k: int, seed: int, n_iter: int, init: str, max_points_per_centroid: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
     if k == 1:  # faiss refuses k=1 on some versions and it is just the mean anyway
         return np.zeros(len(x), dtype=np.int64), x.mean(axis=0, keepdims=True)
     with faiss_single_thread():
-        # min_points_per_centroid=1 silences "please provide at least ..." for small sets; a huge
-        # max_points_per_centroid disables subsampling, which would change the algorithm.
+        # min_points_per_centroid=1 silences "WARNING clustering N points to K centroids" for small sets;
+        # a huge max_points_per_centroid is faiss's way to say "no subsampling".
         km = faiss.Kmeans(
             x.shape[1], k, niter=n_iter, seed=int(seed) & 0x7FFFFFFF, verbose=False,
-            min_points_per_centroid=1, max_points_per_centroid=1 << 30,
+            min_points_per_centroid=1, max_points_per_centroid=max_points_per_centroid or 1 << 30,
         )
-        km.train(x)
+        if init == "k-means++":
+            p, valid = x[None], np.ones((1, len(x)), dtype=bool)
+            c0 = seed_kmeanspp(p, valid, item_keys(seed, np.arange(len(x)))[None], k)[0]
+            km.train(x, init_centroids=c0)
+        else:
+            km.train(x)
         _, lab = km.index.search(x, 1)
     return lab[:, 0].astype(np.int64), km.centroids
