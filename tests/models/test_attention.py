@@ -37,7 +37,7 @@ def reference(attn: TargetAttention, target, items, cross, n, mask, use_n=True):
     q = attn.w_q(target).view(B, H, d)
     k = attn.w_h(items).view(B, L, H, d)
     cross_emb = [emb(cross[..., j]) for j, emb in enumerate(attn.cross)]
-    v = attn.w_v(torch.cat([items] + cross_emb, -1)).view(B, L, H, d)
+    v = (attn.w_v(items) + attn.w_vc(torch.cat(cross_emb, -1))).view(B, L, H, d)  # [K_h, K_c] W^v
     heads = []
     for h in range(H):
         alpha = (k[:, :, h] * q[:, None, h]).sum(-1) / math.sqrt(d)  # (B, L)
@@ -51,14 +51,15 @@ def reference(attn: TargetAttention, target, items, cross, n, mask, use_n=True):
 
 def run(attn, target, items, cross, n, mask, with_n=True):
     q = attn.query(target)
-    table = attn.keys(items.reshape(B * L, D))  # every position its own "item"
+    table = items.reshape(B * L, D)  # every position its own "item"
     rows = torch.arange(B * L).view(B, L)
     log_n = n.log() if with_n else None
     idx, valid = attn.gsu_topk(q, table, rows, cross, log_n, mask)
     g = lambda x: x.gather(1, idx)  # noqa: E731
     sel_items = items.gather(1, idx.unsqueeze(-1).expand(-1, -1, D))
     sel_cross = cross.gather(1, idx.unsqueeze(-1).expand(-1, -1, J))
-    return attn.esu(q, sel_items, sel_cross, None if log_n is None else g(log_n), valid & g(mask)), idx, valid
+    return attn.esu(q, table, rows.gather(1, idx), sel_cross, None if log_n is None else g(log_n),
+                    valid & g(mask)), idx, valid
 
 
 def test_shapes_with_mismatched_dims():

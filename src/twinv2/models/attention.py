@@ -61,7 +61,10 @@ class TargetAttention(nn.Module):
         # W^c is block-diagonal: one w_h,j in R^E per head and feature, then β_h,j (A.2).
         self.w_c = nn.Parameter(torch.randn(H, max(J, 1), E) / math.sqrt(E))
         self.beta = nn.Parameter(torch.ones(H, max(J, 1)))
-        self.w_v = nn.Linear(D + J * E, H * d, bias=False)
+        # W^v acts on [K_h, K_c]; split so the item part is projected once per item: [K_h, K_c] W^v =
+        # K_h W^v_h + K_c W^v_c.
+        self.w_v = nn.Linear(D, H * d, bias=False)
+        self.w_vc = nn.Linear(max(J, 1) * E, H * d, bias=False)
         self.w_o = nn.Linear(H * d, cfg.out_dim, bias=False)
 
     # ---- pieces ----------------------------------------------------------------------------------------
@@ -72,7 +75,7 @@ class TargetAttention(nn.Module):
         return self.w_q(target).view(B, H, d) / math.sqrt(d)  # (B, H, d)
 
     def keys(self, item_vecs: torch.Tensor) -> torch.Tensor:
-        """Inherent projections K_h W^h for item vectors (..., D) → (..., H, d). Call once per unique item."""
+        """Inherent projections K_h W^h for item vectors (..., D) → (..., H, d)."""
         H, d = self.cfg.heads, self.cfg.head_dim
         return self.w_h(item_vecs).unflatten(-1, (H, d))  # (..., H, d)
 
@@ -91,24 +94,22 @@ class TargetAttention(nn.Module):
 
     # ---- GSU -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def gsu_scores(self, q: torch.Tensor, key_table: torch.Tensor, seq_rows: torch.Tensor, cross: torch.Tensor,
+    def gsu_scores(self, q: torch.Tensor, item_table: torch.Tensor, seq_rows: torch.Tensor, cross: torch.Tensor,
                    log_n: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
         """Mean over heads of α' for every element (B, L); -inf at padding.
 
-        q (B, H, d); key_table (U, H, d) projections of the unique items; seq_rows (B, L) rows into key_table;
-        cross (B, L, J); log_n (B, L) or None; mask (B, L) bool, True = valid.
+        q (B, H, d) queries; item_table (U, D) inherent embeddings of the unique items; seq_rows (B, L) rows
+        into item_table; cross (B, L, J); log_n (B, L) or None; mask (B, L) bool, True = valid.
 
-        The mean over heads of q_h · k_h is one dot product of the flattened (H·d) vectors, so the relevance
-        of every unique item to a chunk of samples is one matrix product (b, H·d) × (H·d, U), and each
-        position then gathers a single scalar: no (B, L, H, d) tensor is ever built. The cross term is a
-        gather of per-bucket scalars averaged over heads beforehand.
+        The mean over heads of q_h · (e W^h_h) equals e · u with u = Σ_h W^h_hᵀ q_h / H, one D-dim vector per
+        sample: relevance of every unique item to a chunk of samples is then one (b, D) × (D, U) product and
+        each position gathers a single scalar. No (B, L, H, d) tensor is built and no key is projected.
+        The cross term is a gather of per-bucket scalars averaged over heads beforehand.
         """
         B = seq_rows.shape[0]
         H, d = self.cfg.heads, self.cfg.head_dim
-        U = key_table.shape[0]
-        P = key_table.reshape(U, H * d)  # (U, H*d)
-        Q = q.reshape(B, H * d) / H  # (B, H*d), mean over heads
-        scores = pair_dots(Q, P, seq_rows, self.cfg.gsu_chunk)  # (B, L)
+        u = q.reshape(B, H * d) @ self.w_h.weight / H  # (B, D)
+        scores = pair_dots(u, item_table, seq_rows, self.cfg.gsu_chunk)  # (B, L)
         for j, t in enumerate(self.cross_scalars()):
             scores += t.mean(-1)[cross[..., j]]  # (B, L)
         if log_n is not None and self.cfg.log_n_gsu:
@@ -116,35 +117,38 @@ class TargetAttention(nn.Module):
         return scores.masked_fill_(~mask, float("-inf"))
 
     @torch.no_grad()
-    def gsu_topk(self, q: torch.Tensor, key_table: torch.Tensor, seq_rows: torch.Tensor, cross: torch.Tensor,
+    def gsu_topk(self, q: torch.Tensor, item_table: torch.Tensor, seq_rows: torch.Tensor, cross: torch.Tensor,
                  log_n: torch.Tensor | None, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions of the top-K elements per sample by mean-over-heads α' (see `gsu_scores`).
 
         Returns (idx (B, K') long, valid (B, K') bool) with K' = min(K, L); padding is never chosen over a
         valid element, and a chosen padding slot is marked invalid.
         """
-        scores = self.gsu_scores(q, key_table, seq_rows, cross, log_n, mask)
+        scores = self.gsu_scores(q, item_table, seq_rows, cross, log_n, mask)
         return topk_exact(scores, mask, self.cfg.top_k)
 
     # ---- ESU -------------------------------------------------------------------------------------------
-    def esu(self, q: torch.Tensor, item_vecs: torch.Tensor, cross: torch.Tensor, log_n: torch.Tensor | None,
-            mask: torch.Tensor) -> torch.Tensor:
-        """Attention over the kept elements. q (B, H, d); item_vecs (B, K, D); cross (B, K, J);
-        log_n (B, K) or None; mask (B, K). Returns the long-term interest (B, out_dim); zeros for a sample
-        with no valid element."""
-        B, K, D = item_vecs.shape
+    def esu(self, q: torch.Tensor, item_table: torch.Tensor, rows: torch.Tensor, cross: torch.Tensor,
+            log_n: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """Attention over the kept elements. q (B, H, d); item_table (U, D) inherent embeddings of the unique
+        kept items and rows (B, K) into it; cross (B, K, J); log_n (B, K) or None; mask (B, K).
+        Returns the long-term interest (B, out_dim); zeros for a sample with no valid element.
+
+        The item-only projections K_h W^h and K_h W^v_h are computed once per unique item and gathered; only
+        the cross-feature parts are per (sample, position)."""
+        B, K = rows.shape
         H, d = self.cfg.heads, self.cfg.head_dim
-        k = self.keys(item_vecs)  # (B, K, H, d)
+        per_item = torch.cat([self.w_h(item_table), self.w_v(item_table)], dim=-1)  # (U, 2*H*d)
+        k, v = per_item[rows].view(B, K, 2, H, d).unbind(2)  # (B, K, H, d) each
         a = torch.einsum("bkhd,bhd->bkh", k, q)  # (B, K, H)
-        parts = [item_vecs]
         if self.n_cross:
             a = a + self.cross_term(cross)  # (B, K, H)
-            parts += [emb(cross[..., j]) for j, emb in enumerate(self.cross)]  # J × (B, K, E)
+            cross_emb = torch.cat([emb(cross[..., j]) for j, emb in enumerate(self.cross)], -1)  # (B, K, J*E)
+            v = v + self.w_vc(cross_emb).view(B, K, H, d)  # (B, K, H, d)
         if log_n is not None and self.cfg.log_n_esu:
             a = a + log_n.unsqueeze(-1)  # (B, K, H)
         a = a.masked_fill(~mask.unsqueeze(-1), float("-inf"))
         w = torch.softmax(a, dim=1)  # (B, K, H)
         w = torch.nan_to_num(w, nan=0.0)  # all-padding rows: softmax of all -inf
-        v = self.w_v(torch.cat(parts, dim=-1)).view(B, K, H, d)  # (B, K, H, d)
         heads = torch.einsum("bkh,bkhd->bhd", w, v)  # (B, H, d)
         return self.w_o(heads.reshape(B, H * d))  # (B, out_dim)

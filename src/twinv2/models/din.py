@@ -15,6 +15,7 @@ import torch
 from twinv2.models.attention import TargetAttention
 from twinv2.models.batch import Batch
 from twinv2.models.frame import CTRModel
+from twinv2.models.search import item_table
 
 
 class DIN(CTRModel):
@@ -29,4 +30,5 @@ class DIN(CTRModel):
         seq = batch.seq
         q = self.attn.query(target)  # (B, H, d)
         # Raw behaviours carry no cluster size: attention without ln n, over every masked-in position.
-        return self.attn.esu(q, self.items(seq.rows), seq.cross, None, seq.mask)  # (B, out_dim)
+        table, rows = item_table(self.items, seq.rows)  # (U, D) once per item, (B, L)
+        return self.attn.esu(q, table, rows, seq.cross, None, seq.mask)  # (B, out_dim)

@@ -15,14 +15,7 @@ class TWIN(TwoStage):
     sequence = "recent"
     default_seq_len = 10_000
 
-    @torch.no_grad()
-    def key_table(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K_h W^h once per item: for every vocabulary item when that is no more work than the batch's
-        positions, else for the batch's unique items. Returns (table (U, H, d), rows into it (B, L))."""
-        table, rows = item_table(self.items, rows)  # (U, D), (B, L)
-        return self.attn.keys(table), rows  # (U, H, d)
-
     def gsu(self, batch: Batch, target: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seq = batch.seq
-        table, rows = self.key_table(seq.rows)
+        table, rows = item_table(self.items, seq.rows)  # (U, D) once per item, (B, L)
         return self.attn.gsu_topk(q, table, rows, seq.cross, seq.log_n, seq.mask)

@@ -8,6 +8,7 @@ import torch
 from twinv2.models.attention import TargetAttention
 from twinv2.models.batch import Batch, Seq
 from twinv2.models.frame import CTRModel
+from twinv2.models.search import item_table
 
 
 def take(seq: Seq, idx: torch.Tensor, valid: torch.Tensor) -> Seq:
@@ -39,4 +40,5 @@ class TwoStage(CTRModel):
         with torch.no_grad():
             idx, valid = self.gsu(batch, target, q)  # (B, K) each
         sel = take(batch.seq, idx, valid)
-        return self.attn.esu(q, self.items(sel.rows), sel.cross, sel.log_n, sel.mask)  # (B, out)
+        table, rows = item_table(self.items, sel.rows)  # (U, D) once per kept item, (B, K)
+        return self.attn.esu(q, table, rows, sel.cross, sel.log_n, sel.mask)  # (B, out)
