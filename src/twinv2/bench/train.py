@@ -88,12 +88,13 @@ def run_one(model_name: str, L: int, n_items: int = 200_000, B: int = 256, threa
     from twinv2.models.frame import ModelConfig
     from twinv2.models.registry import build_model
     from twinv2.train.features import CROSS_BUCKETS
+    from twinv2.train.optim import SplitAdam
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     cfg = ModelConfig(seq_len=L, attention=AttentionConfig())
     model = build_model(model_name, _tables(n_items, seed), cfg, CROSS_BUCKETS)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = SplitAdam(model, lr=1e-3)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     batches = [_synthetic(n_items, B, L, model.sequence == "clusters", seed + i) for i in range(2)]
     parts: dict[str, list[float]] = {"gsu": [], "forward": [], "backward": [], "optimizer": [], "step": []}
@@ -108,7 +109,7 @@ def run_one(model_name: str, L: int, n_items: int = 200_000, B: int = 256, threa
         logits = model(batch)
         loss = loss_fn(logits, batch.label)
         t2 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         t3 = time.perf_counter()
         opt.step()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from twinv2.models.search import pair_dots, topk_exact
+from twinv2.models.search import pair_dots
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,10 @@ class TargetAttention(nn.Module):
         valid element, and a chosen padding slot is marked invalid.
         """
         scores = self.gsu_scores(q, item_table, seq_rows, cross, log_n, mask)
-        return topk_exact(scores, mask, self.cfg.top_k)
+        # Plain top-k: exact ties in α' only arise between elements with the same item, cross buckets and n,
+        # whose keys and values are identical too, so which of them is kept never changes the ESU's output.
+        top, idx = scores.topk(min(self.cfg.top_k, seq_rows.shape[1]), dim=1)  # (B, K')
+        return idx, torch.isfinite(top)
 
     # ---- ESU -------------------------------------------------------------------------------------------
     def esu(self, q: torch.Tensor, item_table: torch.Tensor, rows: torch.Tensor, cross: torch.Tensor,

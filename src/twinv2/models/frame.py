@@ -56,7 +56,9 @@ class ItemFeatures(nn.Module):
 
     def __init__(self, tables: ItemTables, dim: int) -> None:
         super().__init__()
-        self.emb = ItemEmbedding(tables.n_items, tables.n_authors, tables.n_tags, dim=dim)
+        # Sparse gradients: a step touches a few thousand of the (up to millions of) item rows, so dense
+        # gradients and dense Adam updates of the whole table would dominate the step (train/optim.py).
+        self.emb = ItemEmbedding(tables.n_items, tables.n_authors, tables.n_tags, dim=dim, sparse=True)
         self.dur = nn.Embedding(tables.n_dur, dim, padding_idx=0)
         self.register_buffer("author_of", torch.as_tensor(tables.author_of, dtype=torch.long))
         self.register_buffer("tag_of", torch.as_tensor(tables.tag_of, dtype=torch.long))
@@ -68,6 +70,12 @@ class ItemFeatures(nn.Module):
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         return self.emb(rows, self.author_of[rows], self.tag_of[rows]) + self.dur(self.dur_of[rows])  # (..., D)
+
+    def every_item(self) -> torch.Tensor:
+        """Embeddings of every item row (I, D): the item table is used as is (no identity gather)."""
+        e = self.emb
+        return e.item.weight + e.author.weight[self.author_of] + e.tag.weight[self.tag_of] + \
+            self.dur.weight[self.dur_of]  # (I, D)
 
     def tag(self, rows: torch.Tensor) -> torch.Tensor:
         return self.tag_of[rows]

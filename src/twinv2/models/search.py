@@ -17,8 +17,8 @@ def item_table(items: ItemFeatures, rows: torch.Tensor) -> tuple[torch.Tensor, t
     """Inherent embeddings once per item, never per (sample, position): for every vocabulary item when that
     is no more work than the batch's positions, else for the batch's unique items.
     Returns (table (U, D), rows (B, L) indexing it). Differentiable; callers choose no_grad."""
-    if items.n_items <= rows.numel():
-        return items(torch.arange(items.n_items, device=rows.device)), rows  # (I, D)
+    if items.n_items <= rows.numel() and not torch.is_grad_enabled():
+        return items.every_item(), rows  # (I, D); without gradient, so the tables' gradients stay sparse
     uniq, inv = torch.unique(rows, return_inverse=True)
     return items(uniq), inv  # (U, D)
 

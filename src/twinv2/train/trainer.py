@@ -30,6 +30,7 @@ from twinv2.offline.store import ClusterSnapshot
 from twinv2.train.batching import Batcher
 from twinv2.train.features import CROSS_BUCKETS, N_DUR, duration_bucket
 from twinv2.train.metrics import auc, gauc
+from twinv2.train.optim import SplitAdam
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class StreamingTrainer:
         self.vocab, tables = item_tables(ds)
         self.model = build_model(cfg.model, tables, cfg.model_cfg, CROSS_BUCKETS, item_vectors=item_vectors)
         self.batcher = Batcher(ds, self.vocab, self.model.sequence, self.model.seq_len)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.opt = SplitAdam(self.model, cfg.lr)
         self.loss = nn.BCEWithLogitsLoss()
 
     def _batches(self, df: pd.DataFrame, size: int):
@@ -106,11 +107,11 @@ class StreamingTrainer:
         bar = tqdm(total=len(df), desc=desc, unit="sample", disable=not self.progress, leave=False)
         for part, batch in self._batches(df, self.cfg.batch_size):
             loss = self.loss(self.model(batch), batch.label)
-            self.opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad()
             loss.backward()
             self.opt.step()
             seen += len(part)
-            total += float(loss) * len(part)
+            total += float(loss.detach()) * len(part)
             bar.update(len(part))
         bar.close()
         sec = time.perf_counter() - t0
