@@ -140,18 +140,40 @@ def cmd_cluster(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(a: argparse.Namespace) -> int:
+    from twinv2.config import from_dict
+    from twinv2.data.storage import Dataset
+    from twinv2.train.run import train_one
+    from twinv2.train.trainer import TrainConfig
+
+    cfg = from_dict(TrainConfig, {"model": a.model, **_parse_overrides(a.set)})
+    ds = Dataset(a.dataset)
+    out = Path(a.out or f"runs/{ds.root.name}-{cfg.model}")
+    result = train_one(ds, cfg, out, snapshots=a.snapshot or None, embeddings=a.embeddings, progress=not a.quiet)
+    print(f"AUC {result['auc_mean']:.4f} ± {result['auc_std']:.4f}   GAUC {result['gauc_mean']:.4f} ± "
+          f"{result['gauc_std']:.4f}")
+    print(f"wrote checkpoint and metrics to {out}")
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     if a.what == "generate":
         from twinv2.bench.generate import bench_generate
 
         result = bench_generate(a.preset, out=Path(a.out) if a.out else None, workers=a.workers)
     elif a.what == "cluster":
-        from twinv2.bench.cluster import bench_cluster
+        from twinv2.bench.cluster import bench_cluster, format_bench
 
         result = bench_cluster(a.dataset, a.embeddings, n_users=a.users, big_user=not a.no_big_user)
+        print(format_bench(result))
+    elif a.what == "train":
+        from twinv2.bench.train import bench_train
+
+        result = bench_train(steps=a.steps)
     else:  # pragma: no cover - argparse restricts choices
         raise ValueError(f"unknown benchmark {a.what!r}")
-    print(json.dumps(result, indent=2, default=str))
+    if a.what != "cluster":
+        print(json.dumps(result, indent=2, default=str))
     if a.json:
         _write_json(a.json, result)
     return 0
@@ -264,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_cluster)
 
     b = sub.add_parser("bench", help="benchmarks (each prints JSON; --json PATH writes it)")
-    b.add_argument("what", choices=["generate", "cluster"])
+    b.add_argument("what", choices=["generate", "cluster", "train"])
     b.add_argument("--json", metavar="PATH")
     b.add_argument("--preset", default="small", help="generate: world preset")
     b.add_argument("--out", help="generate: where to write the world (default: a temporary folder)")
@@ -273,7 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--embeddings", help="cluster: item embeddings for --dataset")
     b.add_argument("--users", type=int, default=50, help="cluster: users per variant")
     b.add_argument("--no-big-user", action="store_true", help="cluster: skip the 10^6-behaviour user")
+    b.add_argument("--steps", type=int, default=8, help="train: timed steps per configuration")
     b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("train", help="train and evaluate one model with the streaming five-day protocol")
+    t.add_argument("dataset")
+    t.add_argument("--model", default="twin_v2", help="a registered model name (see --list)")
+    t.add_argument("--snapshot", action="append", default=[], help="cluster snapshot folder(s); default: all "
+                   "complete snapshots under DATASET/clusters")
+    t.add_argument("--embeddings", help="item embeddings for SIM Cluster(+) (default: DATASET/embeddings/...)")
+    t.add_argument("--out", help="run folder (default: runs/<dataset>-<model>)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("demo", help="the main job on the embedded default world (what `make demo` runs)")
     d.add_argument("--out", default="out/demo")

@@ -8,23 +8,17 @@ import torch
 
 from twinv2.data.storage import Dataset
 from twinv2.models.registry import MODELS, build_model
-from twinv2.offline.embed import EmbeddingTable
 from twinv2.offline.store import ClusterSnapshot
 from twinv2.train.features import CROSS_BUCKETS
 from twinv2.train.metrics import auc
+from twinv2.train.run import item_vectors
 from twinv2.train.trainer import StreamingTrainer, TrainConfig, item_tables, load_checkpoint
-
-
-def item_vectors(world, ds):
-    vocab, _ = item_tables(ds)
-    table = EmbeddingTable.load(world / "embeddings" / "item_embeddings.parquet")
-    return np.r_[np.zeros((1, table.dim), np.float32), table.lookup(vocab.item_ids, ds.items())]
 
 
 def trainer(world, snapshot, model, out=None, **kw):
     ds = Dataset(world)
     return StreamingTrainer(ds, TrainConfig(model=model, **kw), [ClusterSnapshot(snapshot)],
-                            item_vectors=item_vectors(world, ds), out_dir=out, progress=False)
+                            item_vectors=item_vectors(ds), out_dir=out, progress=False)
 
 
 @pytest.mark.slow
