@@ -114,8 +114,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
     from twinv2.offline.embed import EmbedConfig, embed
 
     cfg = load_yaml(EmbedConfig, a.config) if a.config else from_dict(EmbedConfig, _parse_overrides(a.set))
-    out = embed(a.dataset, a.out, cfg, embeddings_file=a.embeddings)
-    print(f"wrote item embeddings to {out}")
+    embed(a.dataset, a.out, cfg, embeddings_file=a.embeddings)  # prints where it wrote, with counts
     return 0
 
 

@@ -13,6 +13,7 @@ Row 0 of every table is reserved for "unknown or padding": a raw id missing from
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -83,9 +84,27 @@ class ItemVocab:
     def n_tags(self) -> int:
         return len(self.tag_ids) + 1
 
+    @cached_property
+    def _dense(self) -> tuple[int, np.ndarray] | None:
+        """(lowest id, row of each id - lowest) when the ids are dense (span <= 4 I): a gather replaces the
+        binary search, which dominated mapping the millions of ids a training epoch draws."""
+        if len(self.item_ids) == 0:
+            return None
+        lo, span = int(self.item_ids[0]), int(self.item_ids[-1] - self.item_ids[0]) + 1
+        if span > 4 * len(self.item_ids) + 1024:
+            return None
+        table = np.zeros(span, dtype=np.int64)
+        table[self.item_ids - lo] = np.arange(1, len(self.item_ids) + 1)
+        return lo, table
+
     def rows(self, item_ids: np.ndarray) -> np.ndarray:
         """Item row of each raw item id, 0 when unknown.  (T,) int64"""
-        return rows_of(self.item_ids, item_ids)
+        if self._dense is None:
+            return rows_of(self.item_ids, item_ids)
+        lo, table = self._dense
+        off = np.asarray(item_ids, dtype=np.int64) - lo
+        inside = (off >= 0) & (off < len(table))
+        return np.where(inside, table[np.where(inside, off, 0)], 0)
 
     def author_rows(self, item_ids: np.ndarray) -> np.ndarray:
         """Author row of each raw item id (0 for an unknown item or author).  (T,) int64"""
