@@ -56,7 +56,6 @@ def run(attn, target, items, cross, n, mask, with_n=True):
     log_n = n.log() if with_n else None
     idx, valid = attn.gsu_topk(q, table, rows, cross, log_n, mask)
     g = lambda x: x.gather(1, idx)  # noqa: E731
-    sel_items = items.gather(1, idx.unsqueeze(-1).expand(-1, -1, D))
     sel_cross = cross.gather(1, idx.unsqueeze(-1).expand(-1, -1, J))
     return attn.esu(q, table, rows.gather(1, idx), sel_cross, None if log_n is None else g(log_n),
                     valid & g(mask)), idx, valid

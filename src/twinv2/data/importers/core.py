@@ -21,6 +21,7 @@ and hands them to `build_dataset` with a `SplitRule`. From there the path is the
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -31,23 +32,11 @@ import numpy as np
 import pandas as pd
 
 from twinv2.data.storage import DAY_MS, EvalDay, ShardedWriter, prepare_dir, write_manifest, write_table
-from twinv2.schema import (BEHAVIOURS, ITEMS, SAMPLES, UNKNOWN_ID, UNKNOWN_PLAY, Column, DataError,
-                           MAX_TS_MS, MIN_TS_MS, TableSpec, validate)
+from twinv2.schema import (BEHAVIOURS, ITEMS, SAMPLES, UNKNOWN_ID, Column, DataError,
+                           MAX_TS_MS, MIN_TS_MS, validate)
 
 # The log as read: one row per impression or watch, validated before the split decides what it becomes.
-LOG = TableSpec(
-    name="log",
-    columns=(
-        Column("user_id", "int64"),
-        Column("item_id", "int64"),
-        Column("ts", "int64", is_time=True),
-        Column("play_ms", "int64", required=False, fill=UNKNOWN_PLAY),
-        Column("duration_ms", "int64", required=False, fill=0),
-        Column("label", "int8"),
-    ),
-    key=("user_id", "item_id", "ts"),
-    sort=("user_id", "ts"),
-)
+LOG = dataclasses.replace(BEHAVIOURS, name="log", columns=BEHAVIOURS.columns + (Column("label", "int8"),))
 CORE = [c.name for c in LOG.columns]
 FILE_COL = "__file"  # index of the input file, carried through validation as a (small, exact) float extra
 _HISTORY_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*==\s*(-?\d+)\s*$")
@@ -138,19 +127,8 @@ def validate_log(parts: list[LogPart], features: list[str]) -> tuple[pd.DataFram
     starts = np.r_[0, np.cumsum(sizes)]
     names = np.array([p.source for p in parts], dtype=object)
     df = pd.concat([p.frame.assign(**{FILE_COL: i}) for i, p in enumerate(parts)], ignore_index=True)
-    glob = np.arange(len(df))
-    # Labels must be 0/1; schema.validate only checks that on the samples table, so the log checks it here.
-    lab = pd.to_numeric(df["label"], errors="coerce")
-    bad_label = (lab.notna() & ~lab.isin([0, 1])).to_numpy()
-    reason = ("label not 0/1 (" + df.loc[bad_label, "label"].astype(str) + ")").to_numpy(dtype=object)
-    pre = pd.concat([pd.DataFrame({"source": "", "row": glob[bad_label], "reason": reason}),
-                     df[bad_label].astype(str).reset_index(drop=True)], axis=1)
-    rest = df[~bad_label].assign(__row=glob[~bad_label])
-    if len(rest) == 0:
-        raise DataError(f"{', '.join(names)}: no usable rows: every label is outside 0/1 "
-                        f"(row 0: {df['label'].iloc[0]!r})")
-    v = validate(rest, LOG, ", ".join(names), extras=features + [FILE_COL])
-    q = pd.concat([pre, v.quarantine], ignore_index=True).drop(columns=[FILE_COL], errors="ignore")
+    v = validate(df, LOG, ", ".join(names), extras=features + [FILE_COL])  # labels outside 0/1 included
+    q = v.quarantine.drop(columns=[FILE_COL], errors="ignore")
     g = q["row"].to_numpy(dtype=np.int64)
     f = np.searchsorted(starts, g, side="right") - 1
     q["source"], q["row"] = names[f], g - starts[f]
