@@ -209,12 +209,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _demo_offline(ds: Any, out: Path) -> list[tuple[str, Path]]:
-    """Embed items and cluster every life cycle before the first evaluation day (issue #3's stages)."""
-    try:
-        from twinv2.offline.embed import EmbedConfig, embed
-        from twinv2.offline.job import ClusterJobConfig, run_cluster_job
-    except ImportError:  # the offline stages are not installed in this build
-        return []
+    """Embed items and cluster every life cycle before the first evaluation day."""
+    from twinv2.offline.embed import EmbedConfig, embed
+    from twinv2.offline.job import ClusterJobConfig, run_cluster_job
+
     emb = embed(ds.root, None, EmbedConfig())
     snap = run_cluster_job(ds.root, ds.eval_days[0].start_ms, emb, ClusterJobConfig(), progress=True)
     return [("embeddings", Path(emb)), ("clusters", Path(snap))]
