@@ -21,6 +21,39 @@ import pyarrow.parquet as pq
 CACHE_VERSION = 1
 
 
+def user_ranges(user_ids: np.ndarray, offsets: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) rows of each of `users` in a CSR with sorted `user_ids` (U,) and `offsets` (U+1,);
+    (0, 0) for a user that is not there. (B,) each."""
+    users = np.asarray(users, dtype=np.int64)
+    if len(user_ids) == 0:
+        zero = np.zeros(len(users), np.int64)
+        return zero, zero.copy()
+    i = np.searchsorted(user_ids, users)
+    ic = np.minimum(i, len(user_ids) - 1)
+    found = (i < len(user_ids)) & (user_ids[ic] == users)
+    return (np.where(found, offsets[ic], 0).astype(np.int64),
+            np.where(found, offsets[ic + 1], 0).astype(np.int64))
+
+
+def cuts_before(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray, before) -> np.ndarray:
+    """For each row range [start, end) sorted by ts, the first row with ts >= before (its own `before`
+    when an array is given): rows [start, cut) are strictly before. All ranges' binary searches run at once,
+    so only ~len(starts)·log(length) elements of `ts` (often a memory map) are read. (B,)"""
+    lo = np.asarray(starts, dtype=np.int64).copy()
+    hi = np.asarray(ends, dtype=np.int64).copy()
+    if len(ts) == 0:
+        return lo
+    before = np.asarray(before)
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo
+        mid = (lo + hi) // 2
+        below = active & (np.asarray(ts[np.minimum(mid, len(ts) - 1)]) < before)
+        lo = np.where(below, mid + 1, lo)
+        hi = np.where(active & ~below, mid, hi)
+
+
 @dataclass
 class BehaviourCSR:
     user_ids: np.ndarray  # (U,) int64, sorted, unique
@@ -108,17 +141,8 @@ class BehaviourCSR:
 
     def ranges_before(self, user_ids: np.ndarray, before_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised `range_before` for a batch: (starts (B,), ends (B,))."""
-        user_ids = np.asarray(user_ids, dtype=np.int64)
-        before_ts = np.asarray(before_ts, dtype=np.int64)
-        i = np.searchsorted(self.user_ids, user_ids)
-        i_c = np.minimum(i, max(len(self.user_ids) - 1, 0))
-        found = (i < len(self.user_ids)) & (self.user_ids[i_c] == user_ids) if len(self.user_ids) else i < 0
-        starts = np.where(found, self.offsets[i_c], 0)
-        ends = np.where(found, self.offsets[np.minimum(i_c + 1, len(self.offsets) - 1)], 0)
-        ts = self.columns["ts"]
-        cuts = np.array([s + np.searchsorted(ts[s:e], t, side="left") for s, e, t in zip(starts, ends, before_ts)],
-                        dtype=np.int64).reshape(-1)
-        return starts.astype(np.int64), cuts
+        starts, ends = user_ranges(self.user_ids, self.offsets, user_ids)
+        return starts, cuts_before(self.columns["ts"], starts, ends, np.asarray(before_ts, dtype=np.int64))
 
     def history(self, user_id: int, before_ts: int | None = None) -> dict[str, np.ndarray]:
         """Column views of one user's history (before `before_ts` when given)."""

@@ -157,21 +157,31 @@ def write_table(path: Path, df: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
+def write_json_atomic(path: str | Path, body: Any) -> None:
+    """Write JSON to a temporary file, fsync it and rename it into place: readers see the old or the new
+    file, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(body, indent=2, sort_keys=True, default=json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     """Write manifest.json atomically; this marks the dataset complete."""
-    body = {"format": FORMAT, "version": FORMAT_VERSION, **manifest}
-    tmp = Path(root) / "manifest.json.tmp"
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=True, default=_json_default) + "\n")
-    os.replace(tmp, Path(root) / "manifest.json")
+    write_json_atomic(Path(root) / "manifest.json", {"format": FORMAT, "version": FORMAT_VERSION, **manifest})
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
+def json_default(o: Any) -> Any:
+    """`json.dumps(default=...)` for numpy scalars and arrays and paths in manifests and sidecars."""
+    if isinstance(o, np.generic):
+        return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from twinv2.config import to_dict
-from twinv2.data.storage import Dataset
+from twinv2.data.csr import cuts_before
+from twinv2.data.storage import Dataset, json_default
 from twinv2.models.embeddings import ItemEmbedding, ItemVocab
 
 FALLBACKS = ("fallback-author", "fallback-tag", "fallback-global")
@@ -228,7 +229,7 @@ class EmbeddingTable:
         side = path.with_suffix(".json")
         side_tmp = side.with_name(side.name + f".tmp{os.getpid()}")
         body = {"n_items": len(self), "dim": self.dim, "source": self.source, "meta": self.meta}
-        side_tmp.write_text(json.dumps(body, indent=2, sort_keys=True, default=_json_default) + "\n")
+        side_tmp.write_text(json.dumps(body, indent=2, sort_keys=True, default=json_default) + "\n")
         os.replace(side_tmp, side)
         os.replace(tmp, path)
         return path
@@ -262,16 +263,6 @@ class EmbeddingTable:
             if body.get("n_items") == len(ids):
                 source, meta = body.get("source", source), body.get("meta", meta)
         return cls(ids, vecs, source, meta)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _from_frame(df: pd.DataFrame, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -367,19 +358,10 @@ def _validated(ids: np.ndarray, vecs: np.ndarray, path: Path) -> tuple[np.ndarra
 
 # ---- training ---------------------------------------------------------------------------------------------
 def _cuts(ts: np.ndarray, offsets: np.ndarray, before_ts: int | None) -> np.ndarray:
-    """End row of each user's behaviours with ts < before_ts: (U,). A batched binary search over all users
-    at once (rows are sorted by ts within a user), so only ~U·log(length) rows of `ts` are touched."""
-    lo, hi = offsets[:-1].copy(), offsets[1:].copy()
-    if before_ts is None or len(ts) == 0:
-        return hi
-    while True:
-        active = lo < hi
-        if not active.any():
-            return lo
-        mid = (lo + hi) // 2
-        below = active & (ts[np.minimum(mid, len(ts) - 1)] < before_ts)
-        lo = np.where(below, mid + 1, lo)
-        hi = np.where(active & ~below, mid, hi)
+    """End row of each user's behaviours with ts < before_ts (all rows when None): (U,)."""
+    if before_ts is None:
+        return np.asarray(offsets[1:], dtype=np.int64).copy()
+    return cuts_before(ts, offsets[:-1], offsets[1:], before_ts)
 
 
 def sample_pairs(ds: Dataset, n_pairs: int, window: int, before_ts: int | None,

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from twinv2.config import to_dict
+from twinv2.data.csr import cuts_before
 from twinv2.data.storage import Dataset, part_name
 from twinv2.offline import store
 from twinv2.schema import MAX_TS_MS, MIN_TS_MS, completion_ratio
@@ -179,17 +180,7 @@ def _cluster_user(user_id, history, embeddings, cfg, author_id=None, tag=None):
 def history_cuts(csr, snapshot_ts: int) -> tuple[np.ndarray, np.ndarray]:
     """(starts, cuts) per user of a shard: rows [start, cut) are the user's behaviours with ts < snapshot_ts."""
     starts = np.asarray(csr.offsets[:-1], dtype=np.int64)
-    lo, hi = starts.copy(), np.asarray(csr.offsets[1:], dtype=np.int64)
-    ts = csr.columns["ts"]
-    # All users' binary searches at once (ts is sorted within a user): ~U·log(T) rows of the map are read.
-    while True:
-        active = lo < hi
-        if not active.any():
-            return starts, lo
-        mid = (lo + hi) // 2
-        below = active & (np.asarray(ts[np.minimum(mid, max(len(ts) - 1, 0))]) < snapshot_ts)
-        lo = np.where(below, mid + 1, lo)
-        hi = np.where(active & ~below, mid, hi)
+    return starts, cuts_before(csr.columns["ts"], starts, csr.offsets[1:], snapshot_ts)
 
 
 def user_fingerprints(csr, starts: np.ndarray, cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from twinv2.data.storage import part_name, shard_of
+from twinv2.data.storage import part_name, shard_of, write_json_atomic
 from twinv2.schema import DataError
 
 FORMAT = "twinv2-clusters"
@@ -154,13 +154,7 @@ def read_manifest(snapshot_dir: str | Path) -> dict[str, Any] | None:
 
 def write_manifest(snapshot_dir: str | Path, manifest: dict[str, Any]) -> None:
     """Write manifest.json atomically (temporary file, fsync, rename)."""
-    body = {"format": FORMAT, "version": FORMAT_VERSION, **manifest}
-    tmp = Path(snapshot_dir) / (MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(body, indent=2, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, Path(snapshot_dir) / MANIFEST)
+    write_json_atomic(Path(snapshot_dir) / MANIFEST, {"format": FORMAT, "version": FORMAT_VERSION, **manifest})
 
 
 def shard_is_done(snapshot_dir: Path, manifest: dict[str, Any] | None, shard: int,

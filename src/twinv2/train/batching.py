@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from twinv2.data.csr import cuts_before, user_ranges
 from twinv2.data.storage import Dataset, EvalDay, shard_of
 from twinv2.models.batch import Batch, Seq
 from twinv2.models.embeddings import ItemVocab
@@ -44,15 +45,6 @@ class _Columns:
     def sentinel(self) -> int:
         return len(self.rows) - 1
 
-    def ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[start, end) of each user's rows; (0, 0) for a user with none."""
-        if len(self.user_ids) == 0:
-            zero = np.zeros(len(users), np.int64)
-            return zero, zero
-        i = np.searchsorted(self.user_ids, users)
-        ic = np.minimum(i, len(self.user_ids) - 1)
-        found = (i < len(self.user_ids)) & (self.user_ids[ic] == users)
-        return np.where(found, self.offsets[ic], 0), np.where(found, self.offsets[ic + 1], 0)
 
 
 class Batcher:
@@ -110,10 +102,9 @@ class Batcher:
         for s in np.unique(shards):
             b = np.flatnonzero(shards == s)
             col = self._columns(int(s))
-            start, end = col.ranges(user_id[b])
+            start, end = user_ranges(col.user_ids, col.offsets, user_id[b])
             if self.sequence == "recent":  # only behaviours strictly before the sample
-                end = start + np.array([np.searchsorted(col.ts[a:e], t, side="left")
-                                        for a, e, t in zip(start, end, ts[b])], dtype=np.int64).reshape(-1)
+                end = cuts_before(col.ts, start, end, ts[b])
             parts.append((b, col, start, end))
         L = int(max(1, min(self.seq_len, max(int((e - a).max(initial=0)) for _, _, a, e in parts))))
         rows = np.empty((B, L), np.int64)

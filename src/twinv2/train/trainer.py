@@ -8,7 +8,6 @@ Loss (BCE), optimizer (Adam), threads, seeding and checkpoints live here, never 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from twinv2.config import to_dict
-from twinv2.data.storage import Dataset, EvalDay
+from twinv2.data.storage import Dataset, EvalDay, write_json_atomic
 from twinv2.models.embeddings import ItemVocab
 from twinv2.models.frame import CTRModel, ItemTables, ModelConfig
 from twinv2.models.registry import build_model, model_class
@@ -161,9 +160,7 @@ class StreamingTrainer:
         summary = summarise(results)
         summary.update({"model": self.cfg.model, "config": to_dict(self.cfg), "days": results})
         if self.out:
-            tmp = self.out / "metrics.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-            os.replace(tmp, self.out / "metrics.json")
+            write_json_atomic(self.out / "metrics.json", summary)
         return summary
 
     @staticmethod
