@@ -1,0 +1,112 @@
+"""`build_report(EXP)`: experiment folder → EXP/report/{report.md, report.html, figures/*.png, tables.json}."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from twinv2.report import figures, groups, tables
+from twinv2.report.document import build_document
+from twinv2.report.load import Experiment, load_experiment
+from twinv2.report.render import to_html, to_markdown
+
+FORMAT = "twinv2-report-tables"
+FORMAT_VERSION = 1
+
+
+def header(exp: Experiment) -> dict[str, Any]:
+    m = exp.meta
+    timings = {k: float(v) for k, v in (m.get("timings") or {}).items() if isinstance(v, (int, float))}
+    elapsed = None
+    try:
+        elapsed = (datetime.fromisoformat(m["finished"]) - datetime.fromisoformat(m["started"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        pass
+    return {"present": bool(m), "seed": m.get("seed"), "machine": m.get("machine"), "started": m.get("started"),
+            "finished": m.get("finished"), "elapsed_seconds": elapsed, "timings": timings,
+            "timings_total": sum(timings.values()) if timings else None, "config": m.get("config"),
+            "sections": m.get("sections"), "sweep": m.get("sweep")}
+
+
+def compute_tables(exp: Experiment) -> dict[str, Any]:
+    """Every table of the report as plain data (before `tables.clean`)."""
+    out: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "header": header(exp), "main": None,
+                           "sweep": tables.sweep(exp), "kuairand": None, "problems": list(exp.problems)}
+    main_t3 = None
+    if exp.main is not None:
+        sec = exp.main
+        main_t3 = tables.table3(sec, exp)
+        out["main"] = {"label": sec.label, "stats": sec.stats, "table3": main_t3, "table4": tables.table4(sec, exp),
+                       "ablation": tables.ablation(sec, exp), "history_groups": groups.history_groups(sec, exp),
+                       "diversity": groups.diversity(sec, exp), "cost": tables.cost(sec, exp),
+                       "item_init": item_inits(sec)}
+    if exp.kuairand is not None:
+        sec = exp.kuairand
+        t3 = tables.table3(sec, exp)
+        out["kuairand"] = {"label": sec.label, "stats": sec.stats, "table3": t3,
+                           "note": tables.history_note(sec, t3, main_t3), "cost": tables.cost(sec, exp)}
+    # metrics.json files whose own summary disagrees with their per-day rows are worth a line in the report.
+    for sec in [exp.main, exp.kuairand, *exp.sweep.values()]:
+        if sec is None:
+            continue
+        for run in [*sec.runs.values(), *sec.ablation.values()]:
+            out["problems"] += tables.summary_mismatches(run.metrics, exp.rel(run.dir / "metrics.json"), tol=1e-6)
+    return out
+
+
+def make_figures(t: dict[str, Any], fig_dir: Path) -> dict[str, Path]:
+    figs: dict[str, Path | None] = {}
+    main = t.get("main")
+    if main:
+        figs["table3"] = figures.table3_figure(main["table3"], fig_dir / "table3.png", main["label"])
+        if main["ablation"]:
+            figs["ablation"] = figures.ablation_figure(main["ablation"], fig_dir / "figure4_ablation.png")
+        if main["history_groups"] and "rows" in main["history_groups"]:
+            figs["groups"] = figures.groups_figure(main["history_groups"], fig_dir / "figure5_history_groups.png")
+        if main["diversity"] and "rows" in main["diversity"]:
+            figs["diversity"] = figures.diversity_figure(main["diversity"], fig_dir / "diversity.png")
+    if t.get("sweep"):
+        figs["sweep"] = figures.sweep_figure(t["sweep"], fig_dir / "sweep_far_past_signal.png")
+    if t.get("kuairand"):
+        figs["kuairand"] = figures.table3_figure(t["kuairand"]["table3"], fig_dir / "kuairand_table3.png",
+                                                 t["kuairand"]["label"])
+    return {k: v for k, v in figs.items() if v is not None}
+
+
+def build_report(exp_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write report.md, report.html (self-contained), figures/*.png and tables.json; returns report.md's path.
+
+    Every number comes from files in `exp_dir` (see tables.py and groups.py for the definitions) except the
+    paper's (paper.py). Missing parts of the experiment give a "not run in this experiment" line.
+    """
+    exp = load_experiment(exp_dir)
+    out = Path(out_dir) if out_dir is not None else exp.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    fig_dir = out / "figures"
+    shutil.rmtree(fig_dir, ignore_errors=True)  # a figure not made this time must not linger from an old run
+    t = compute_tables(exp)
+    figs = make_figures(t, fig_dir)
+    doc = build_document(exp, t, figs)
+    clean = tables.clean(t)
+    _write(out / "tables.json", json.dumps(clean, indent=1, sort_keys=False, allow_nan=False) + "\n")
+    _write(out / "report.md", to_markdown(doc, out))
+    _write(out / "report.html", to_html(doc))
+    return out / "report.md"
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def item_inits(sec) -> dict[str, list[str]]:
+    """{how the item tables were initialised: [runs]} from metrics.json `item_init` (absent in older runs)."""
+    out: dict[str, list[str]] = {}
+    for run in sec.runs.values():
+        if run.metrics.get("item_init"):
+            out.setdefault(str(run.metrics["item_init"]), []).append(run.name)
+    return out

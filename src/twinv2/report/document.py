@@ -1,0 +1,427 @@
+"""The report's text: blocks (render.py) built from the computed tables; sentences are generated from numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from twinv2.report import paper
+from twinv2.report.groups import group_summary_sentence
+from twinv2.report.load import DISPLAY, MODELS, Experiment
+from twinv2.report.render import Bullets, Code, Details, Doc, Figure, H, P, Table
+from twinv2.report.tables import num, signed
+
+NOT_RUN = "Not run in this experiment"
+DASH = "–"
+
+
+# ---- formatting -----------------------------------------------------------------------------------------
+def f(x: Any, d: int = 4) -> str:
+    return DASH if x is None or not math.isfinite(num(x)) else f"{num(x):.{d}f}"
+
+
+def pm(m: Any, s: Any, d: int = 4) -> str:
+    return DASH if not math.isfinite(num(m)) else f"{num(m):.{d}f} ± {f(s, d)}"
+
+
+def sg(x: Any, d: int = 4) -> str:
+    """Signed, with a rounded zero printed as +0.0000 (not -0.0000)."""
+    return DASH if x is None or not math.isfinite(num(x)) else signed(x, d)
+
+
+def spm(m: Any, s: Any, d: int = 4) -> str:
+    """Signed mean ± std (differences)."""
+    return DASH if not math.isfinite(num(m)) else f"{sg(m, d)} ± {f(s, d)}"
+
+
+def pval(g: dict[str, Any]) -> str:
+    return "n/a" if not math.isfinite(num(g.get("p"))) else f"{num(g['p']):.3g}"
+
+
+def tval(g: dict[str, Any]) -> str:
+    return "n/a" if not math.isfinite(num(g.get("t"))) else f"{num(g['t']):.2f}"
+
+
+def bold(s: str, on: bool) -> str:
+    return f"**{s}**" if on and s != DASH else s
+
+
+def secs(x: Any) -> str:
+    if x is None or not math.isfinite(num(x)):
+        return DASH
+    x = num(x)
+    if x < 120:
+        return f"{x:.1f} s"
+    return f"{int(x // 60)} min {x % 60:.0f} s" if x < 7200 else f"{x / 3600:.2f} h"
+
+
+def nbytes(x: Any) -> str:
+    if x is None or not math.isfinite(num(x)):
+        return DASH
+    x = num(x)
+    for unit in ("B", "KB", "MB", "GB"):
+        if x < 1024 or unit == "GB":
+            return f"{x:,.0f} {unit}" if unit == "B" else f"{x:,.1f} {unit}"
+        x /= 1024
+    return DASH
+
+
+def rate(x: Any) -> str:
+    return DASH if x is None or not math.isfinite(num(x)) else f"{num(x):,.0f}"
+
+
+def _fig(figs: dict[str, Path], key: str, caption: str) -> Figure | None:
+    return Figure(figs[key], caption) if key in figs else None
+
+
+# ---- sections -------------------------------------------------------------------------------------------
+def build_document(exp: Experiment, t: dict[str, Any], figs: dict[str, Path]) -> Doc:
+    doc = Doc("TWIN-V2 experiment report")
+    doc.add(P(f"Experiment folder `{exp.root}`. Every number below is computed from the files in that folder "
+              f"(metrics.json, predictions, manifests, benchmarks; `tables.json` beside this report holds them "
+              f"all); the only typed-in numbers are the paper's, labelled **paper**, from {paper.SOURCE}."))
+    summary(doc, t)
+    run_header(doc, exp, t)
+    main = t.get("main")
+    doc.add(H(1, f"Main section: {main['label']}" if main else "Main section"))
+    if not main:
+        doc.add(P(f"{NOT_RUN}."))
+    else:
+        table3_blocks(doc, main["table3"], figs, "table3", "Table 3 analog")
+        ablation_blocks(doc, main["ablation"], figs)
+        groups_blocks(doc, main["history_groups"], figs)
+        diversity_blocks(doc, main["diversity"], figs)
+        table4_blocks(doc, main["table4"])
+        cost_blocks(doc, main["cost"], exp)
+    sweep_blocks(doc, t.get("sweep"), figs)
+    kuairand_blocks(doc, t.get("kuairand"), figs)
+    caveats(doc, t)
+    if t["problems"]:
+        doc.add(H(1, "Problems found while reading the experiment"), Bullets(list(t["problems"])))
+    return doc
+
+
+def summary(doc: Doc, t: dict[str, Any]) -> None:
+    items = []
+    main = t.get("main")
+    if main and main["table3"]["rows"]:
+        t3 = main["table3"]
+        names = {r["model"]: r["name"] for r in t3["rows"]}
+        items.append(f"Best mean AUC: {', '.join(names[m] for m in t3['best']['auc']) or DASH}; best mean GAUC: "
+                     f"{', '.join(names[m] for m in t3['best']['gauc']) or DASH} ({len(t3['rows'])} models).")
+        if t3["paired"]:
+            g, a = t3["paired"]["gauc"], t3["paired"]["auc"]
+            items.append(f"TWIN-V2 − TWIN: GAUC {sg(g['mean_diff'])} (paired t-test p = {pval(g)}, {g['n']} days), "
+                         f"AUC {sg(a['mean_diff'])} (p = {pval(a)}); paper: GAUC "
+                         f"{paper.TABLE3['twin_v2'][1] - paper.TABLE3['twin'][1]:+.4f}, AUC "
+                         f"{paper.TABLE3['twin_v2'][0] - paper.TABLE3['twin'][0]:+.4f}.")
+        o = t3.get("oracle")
+        v2 = next((r for r in t3["rows"] if r["model"] == "twin_v2"), None)
+        if o and v2:
+            items.append(f"Oracle GAUC from p_true {f(o['gauc_mean'])}; TWIN-V2 reaches {f(v2.get('gauc_mean'))} "
+                         f"(gap {f(num(o['gauc_mean']) - num(v2.get('gauc_mean')))}).")
+        hg = main["history_groups"]
+        if hg and "rows" in hg:
+            items.append(group_summary_sentence(hg))
+    if t.get("sweep"):
+        items.append(t["sweep"]["verdict"]["gauc"])
+    if t.get("kuairand"):
+        items.append(f"KuaiRand: {t['kuairand']['note']['text']}")
+    doc.add(H(1, "Summary"), Bullets(items) if items else P("Nothing was run."))
+
+
+def run_header(doc: Doc, exp: Experiment, t: dict[str, Any]) -> None:
+    h = t["header"]
+    doc.add(H(1, "What was run"))
+    if not h["present"]:
+        doc.add(P("experiment.json is missing: seed, machine, timings and config are unknown."))
+    secs_run = [n for n, s in (("main", t.get("main")), ("sweep", t.get("sweep")), ("kuairand", t.get("kuairand")))
+                if s]
+    mach = h.get("machine") or {}
+    items = [f"Sections present: {', '.join(secs_run) or 'none'}.",
+             f"Seed: {h['seed'] if h['seed'] is not None else DASH}.",
+             "Machine: " + (", ".join(f"{k} {v}" for k, v in mach.items()) if mach else DASH) + ".",
+             (f"Started {h.get('started') or DASH}, finished {h['finished']} (elapsed "
+              f"{secs(h.get('elapsed_seconds'))})." if h.get("finished") else
+              f"Started {h.get('started') or DASH}; not finished when this report was built (the report is the "
+              f"last stage), so the time below is the sum of the stages recorded so far.")]
+    if t.get("main"):
+        present = [r["model"] for r in t["main"]["table3"]["rows"]]
+        absent = [DISPLAY[m] for m in MODELS if m not in present]
+        items.append(f"Models in the main section: {len(present)} of {len(MODELS)}" +
+                     (f" (not run: {', '.join(absent)})." if absent else "."))
+        inits = t["main"].get("item_init") or {}
+        if inits:
+            items.append("Item tables initialised from (metrics.json `item_init`): " +
+                         ", ".join(f"{k} ({len(v)} run(s))" for k, v in inits.items()) + ".")
+        ab = t["main"]["ablation"]
+        done = [r["name"] for r in (ab or {}).get("rows", []) if not r.get("missing") and r["variant"] != "full"]
+        items.append(f"Ablations (Figure 4): {', '.join(done) if done else 'none'}.")
+    if t.get("sweep"):
+        items.append("far_past_signal sweep values: " + ", ".join(f"{r['value']:g}" for r in t["sweep"]["rows"]) + ".")
+    doc.add(Bullets(items))
+    if h["timings"]:
+        total = num(h["timings_total"])
+        rows = [[k, secs(v), f"{v / total:.1%}" if total else DASH] for k, v in h["timings"].items()]
+        rows.append(["**total (sum of stages)**", f"**{secs(total)}**", "100%"])
+        doc.add(Table(["Stage", "Time", "Share"], rows, "Time per stage (experiment.json `timings`):"))
+    if h.get("config") is not None:
+        doc.add(Details("Resolved configuration (experiment.json `config`)", json.dumps(h["config"], indent=2)))
+    stats = (t.get("main") or {}).get("stats")
+    doc.add(H(2, "Data statistics (main)"))
+    doc.add(_stats_block(stats))
+
+
+def _stats_block(stats: dict[str, Any] | None):
+    if not stats:
+        return P(f"stats.json: {NOT_RUN}.")
+    from twinv2.data.stats import format_stats
+
+    try:
+        return Code(format_stats(stats))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # a stats.json of another version
+        return P(f"stats.json could not be formatted ({e}).")
+
+
+def table3_blocks(doc: Doc, t3: dict[str, Any], figs: dict[str, Path], fig_key: str, title: str) -> None:
+    doc.add(H(2, title))
+    rows = t3["rows"]
+    if not rows:
+        doc.add(P(f"Model runs: {NOT_RUN}."))
+        return
+    out = []
+    for r in rows:
+        out.append([r["name"], bold(pm(r.get("auc_mean"), r.get("auc_std")), r["best_auc"]),
+                    bold(pm(r.get("gauc_mean"), r.get("gauc_std")), r["best_gauc"]), str(r.get("auc_n", 0)),
+                    f(r["paper_auc"]), f(r["paper_gauc"])])
+    o = t3.get("oracle")
+    if o:
+        out.append(["Oracle (p_true)", pm(o["auc_mean"], o["auc_std"]), pm(o["gauc_mean"], o["gauc_std"]),
+                    str(o["auc_n"]), DASH, DASH])
+    doc.add(Table(["Model", "AUC (ours)", "GAUC (ours)", "days", "AUC (paper)", "GAUC (paper)"], out,
+                  "Mean ± std over the evaluation days' test hours; **bold** = best mean among the models (ours); "
+                  f"{paper.TABLE3_NOTE}."))
+    if o and num(o.get("max_disagreement")) > 1e-12:
+        doc.add(P(f"Note: the runs' oracle values differ by up to {num(o['max_disagreement']):.2e}, so their "
+                  f"test sets are not identical."))
+    pr = t3.get("paired")
+    if pr:
+        prow = []
+        for m, i in (("auc", 0), ("gauc", 1)):
+            g = pr[m]
+            prow.append([m.upper(), spm(g["mean_diff"], g["std_diff"]), tval(g), pval(g), str(g["n"]),
+                         f"{paper.TABLE3['twin_v2'][i] - paper.TABLE3['twin'][i]:+.4f}", g["note"] or ""])
+        doc.add(Table(["Metric", "TWIN-V2 − TWIN (ours, mean ± std of daily diff)", "t", "p", "days",
+                       "TWIN-V2 − TWIN (paper)", "note"], prow,
+                      "Paired t-test across days (scipy.stats.ttest_rel on the per-day values):"))
+    else:
+        doc.add(P(f"TWIN-V2 − TWIN paired test: needs both runs; {NOT_RUN}."))
+    doc.add(_fig(figs, fig_key, f"{title}: mean ± std over days per model"))
+
+
+def ablation_blocks(doc: Doc, ab: dict[str, Any] | None, figs: dict[str, Path]) -> None:
+    doc.add(H(2, "Figure 4 analog: ln n removed from the GSU, the ESU, both"))
+    if not ab:
+        doc.add(P(f"Ablation runs: {NOT_RUN}."))
+        return
+    rows, lower = [], 0
+    done = [r for r in ab["rows"] if not r.get("missing") and r["variant"] != "full"]
+    for r in ab["rows"]:
+        if r.get("missing"):
+            rows.append([r["name"], DASH, DASH, DASH, DASH, f"{NOT_RUN}"])
+            continue
+        vs = r.get("vs_full")
+        cells = [r["name"], pm(r.get("auc_mean"), r.get("auc_std")), pm(r.get("gauc_mean"), r.get("gauc_std"))]
+        if vs:
+            cells += [f"{sg(vs['auc']['mean_diff'])} (p {pval(vs['auc'])})",
+                      f"{sg(vs['gauc']['mean_diff'])} (p {pval(vs['gauc'])})", str(vs["gauc"]["n"])]
+            lower += num(vs["gauc"]["mean_diff"]) < 0
+        else:
+            cells += [DASH, DASH, str(r.get("auc_n", 0))]
+        rows.append(cells)
+    doc.add(Table(["Variant", "AUC", "GAUC", "ΔAUC vs full", "ΔGAUC vs full", "days"], rows,
+                  "Mean ± std over days; Δ = variant − full TWIN-V2 (main/runs/twin_v2), paired t-test across days:"))
+    if ab["full_present"] and done:
+        doc.add(P(f"Removing ln n lowered the mean GAUC in {lower} of {len(done)} variant(s) run here. "
+                  f"Paper: {paper.FIGURE4_CLAIM}."))
+    elif not ab["full_present"]:
+        doc.add(P("The full TWIN-V2 run (main/runs/twin_v2) is missing, so no variant is compared with it."))
+    doc.add(_fig(figs, "ablation", "Figure 4 analog: GAUC and AUC of TWIN-V2 with and without ln n (mean ± std)"))
+
+
+def groups_blocks(doc: Doc, hg: dict[str, Any] | None, figs: dict[str, Path]) -> None:
+    doc.add(H(2, "Figure 5 analog: TWIN-V2's GAUC gain over TWIN by history length"))
+    if not hg or "rows" not in hg:
+        doc.add(P(f"{NOT_RUN} ({(hg or {}).get('missing', 'no data')})."))
+        return
+    doc.add(P(f"{hg['users']:,} users appear in the test hours. A user's history length is their number of "
+              f"behaviours before the first evaluation day (ts < {hg['before_ts']}); terciles of those lengths "
+              f"(numpy 'lower' quantiles) give t1 = {hg['t1']:,.0f} and t2 = {hg['t2']:,.0f}: low ≤ t1 < medium ≤ "
+              f"t2 < high (ties go to the lower group). Per group, GAUC is computed per day on the group's test "
+              f"samples, then averaged over the days; the gain is the paired per-day difference."))
+    a, b = hg["a"], hg["b"]
+    rows = []
+    for r in hg["rows"]:
+        g = r["gain"]
+        rows.append([r["group"], (f"{r['length_min'] if r['length_min'] is not None else DASH}–"
+                                 f"{r['length_max'] if r['length_max'] is not None else DASH}"),
+                     f"{r['users']:,}", f"{r['share_users']:.1%}", f"{num(r['share_samples']):.1%}",
+                     pm(r[f"{b}_gauc_mean"], r[f"{b}_gauc_std"]), pm(r[f"{a}_gauc_mean"], r[f"{a}_gauc_std"]),
+                     spm(g["mean_diff"], g["std_diff"]), pval(g), str(g["n"])])
+    doc.add(Table(["Group", "length range", "users", "share of users", "share of test samples",
+                   f"{hg['name_b']} GAUC", f"{hg['name_a']} GAUC", "gain", "p", "days"], rows))
+    doc.add(P(f"{group_summary_sentence(hg)} Paper: {paper.FIGURE5_CLAIM}."))
+    doc.add(_fig(figs, "groups", "Figure 5 analog: GAUC gain of TWIN-V2 over TWIN per history-length group"))
+
+
+def diversity_blocks(doc: Doc, dv: dict[str, Any] | None, figs: dict[str, Path]) -> None:
+    doc.add(H(2, "Diversity of recommendations"))
+    if not dv or "rows" not in dv:
+        doc.add(P(f"{NOT_RUN} ({(dv or {}).get('missing', 'no data')})."))
+        return
+    k = dv["k"]
+    rows = [[r["name"], f"{r['mean']:.3f}", f"{r['user_days']:,}"] for r in dv["rows"]]
+    doc.add(Table(["Ranking", f"distinct tags in top {k} (mean over user-days)", "user-days"], rows,
+                  f"Per (user, test day): the user's test candidates ranked by the model's score, top {k} (fewer if "
+                  f"fewer), distinct tags counted; references use the candidates of {DISPLAY.get(dv['candidates_from'], dv['candidates_from'])}'s "
+                  f"prediction files:"))
+    binding = dv["share_over_k"]
+    doc.add(P(f"A user-day has {dv['candidates_mean']:.1f} test candidates on average and {binding:.1%} of user-days "
+              f"have more than {k}" + (f", so the top {k} is mostly the whole candidate set and the models can differ "
+                                       f"little here." if binding < 0.5 else ".") +
+              f" Paper: {paper.DIVERSITY_CLAIM}."))
+    doc.add(_fig(figs, "diversity", f"Distinct tags among each user's top {k} test candidates"))
+
+
+def table4_blocks(doc: Doc, t4: dict[str, Any] | None) -> None:
+    doc.add(H(2, "Table 4 analog: hierarchical clustering variants"))
+    if not t4:
+        doc.add(P(f"cluster_bench.json: {NOT_RUN}."))
+        return
+    rows = []
+    for r in t4["rows"]:
+        rows.append([r["variant"], str(r["delta"]), f(r["accuracy"]), f(r["sec_per_user_median"]),
+                     f(r["sec_per_user_p90"]), f(r["clusters_per_user"], 1), f(r["compression"]),
+                     f"{nbytes(r['bytes_before'])} → {nbytes(r['bytes_after'])}",
+                     r["paper_label"] or DASH, f(r["paper_accuracy"], 3), f(r["paper_sec"], 3)])
+    s = t4.get("setup") or {}
+    doc.add(Table(["Variant", "δ", "accuracy", "s/user (median)", "s/user (p90)", "clusters/user", "T̂/T",
+                   "bytes/user before → after", "paper variant", "accuracy (paper)", "s/user (paper)"], rows,
+                  f"Users: {s.get('users', DASH)}; γ = {s.get('gamma', DASH)}, {s.get('threads', DASH)} thread; "
+                  f"accuracy = mean cosine of items to their centroid; paper's times are on Kuaishou's hardware:"))
+    if t4.get("big_user_seconds") is not None:
+        doc.add(P(f"One user with {t4['big_user_T']:,} behaviours (adaptive): {t4['big_user_seconds']:.2f} s."))
+    tg = t4.get("targets") or []
+    if tg:
+        doc.add(Bullets([f"{'n/a' if x.get('met') is None else 'met' if x['met'] else 'MISSED'}: {x.get('name')} "
+                         f"(value {DASH if x.get('value') is None else format(num(x['value']), '.4g')})"
+                         for x in tg if isinstance(x, dict)]))
+
+
+def cost_blocks(doc: Doc, c: dict[str, Any], exp: Experiment) -> None:
+    doc.add(H(2, "Cost"))
+    if c["models"]:
+        rows = [[r["name"], rate(r.get("train_samples_per_s_mean")), rate(r.get("eval_samples_per_s_mean")),
+                 secs(r.get("train_seconds_total")), rate(r.get("n_train_total")), rate(r.get("n_test_total"))]
+                for r in c["models"]]
+        doc.add(Table(["Model", "train samples/s", "inference samples/s", "train time", "train samples",
+                       "test samples"], rows, "Training and inference throughput (mean over days, metrics.json):"))
+    else:
+        doc.add(P(f"Model runs: {NOT_RUN}."))
+    if c["snapshots"]:
+        rows = [[s["snapshot"], rate(s["users"]), rate(s["behaviours"]), rate(s["clusters"]), f(s["compression"]),
+                 secs(s["wall_seconds"]), secs(s["worker_seconds"]),
+                 f"{nbytes(s['bytes_before'])} → {nbytes(s['bytes_after'])}", nbytes(s["parquet_bytes_after"])]
+                for s in c["snapshots"]]
+        doc.add(Table(["Snapshot", "users", "behaviours", "clusters", "T̂/T", "wall time", "worker time",
+                       "storage before → after", "cluster parquet"], rows,
+                      f"Offline compression (cluster manifests). Storage before = behaviours before the snapshot × "
+                      f"{c['raw_row_bytes']} bytes (five int64 columns: user_id, item_id, ts, play_ms, duration_ms); "
+                      f"after = clusters × {c['cluster_row_bytes']} bytes (a virtual item's columns as the model "
+                      f"reads them, store.ROW_BYTES); wall time = the job's last run, worker time = sum over shards:"))
+        derived = sorted({d for s in c["snapshots"] for d in s["derived"]})
+        if derived:
+            doc.add(P("Derived because the manifest lacks it: " + "; ".join(derived) + "."))
+    else:
+        doc.add(P(f"Cluster snapshots: {NOT_RUN}."))
+    if c["behaviour_parquet_bytes"] is not None:
+        doc.add(P(f"The whole behaviour log on disk (Parquet, zstd, all behaviours including those after the "
+                  f"snapshot): {nbytes(c['behaviour_parquet_bytes'])}."))
+    if c["cluster_timings"]:
+        doc.add(P("Clustering stages in experiment.json: " +
+                  ", ".join(f"{k} {secs(v)}" for k, v in c["cluster_timings"].items()) + "."))
+    bt = c.get("bench_train")
+    if bt:
+        rows = [[DISPLAY.get(r["model"], r["model"]), rate(r["gsu_length"]), rate(r["train_samples_per_s"]),
+                 rate(r["infer_samples_per_s"]), f(r["peak_rss_gb"], 2)] for r in bt["rows"]]
+        doc.add(Table(["Model", "GSU length", "train samples/s", "inference samples/s", "peak RSS (GB)"], rows,
+                      "bench_train.json (synthetic full-length batches, batch 256):"))
+
+
+def sweep_blocks(doc: Doc, sw: dict[str, Any] | None, figs: dict[str, Path]) -> None:
+    doc.add(H(1, "Far-past-signal sweep"))
+    if not sw:
+        doc.add(P(f"{NOT_RUN}."))
+        return
+    rows = []
+    for r in sw["rows"]:
+        tw, v2, g = r["twin"] or {}, r["twin_v2"] or {}, r["gain"]
+        if g:
+            rows.append([f"{r['value']:g}", pm(tw.get("gauc_mean"), tw.get("gauc_std")),
+                         pm(v2.get("gauc_mean"), v2.get("gauc_std")), spm(g["gauc"]["mean_diff"], g["gauc"]["std_diff"]),
+                         pval(g["gauc"]), spm(g["auc"]["mean_diff"], g["auc"]["std_diff"]), pval(g["auc"]),
+                         str(g["gauc"]["n"])])
+        else:
+            rows.append([f"{r['value']:g}", pm(tw.get("gauc_mean"), tw.get("gauc_std")),
+                         pm(v2.get("gauc_mean"), v2.get("gauc_std")), DASH, DASH, DASH, DASH,
+                         "needs both TWIN and TWIN-V2"])
+    doc.add(Table(["far_past_signal", "TWIN GAUC", "TWIN-V2 GAUC", "ΔGAUC", "p", "ΔAUC", "p", "days"], rows,
+                  "Δ = TWIN-V2 − TWIN, mean ± std of the daily differences, paired t-test across days:"))
+    planned = sw.get("planned") or []
+    missing = [v for v in planned if float(v) not in {float(r["value"]) for r in sw["rows"]}]
+    if missing:
+        doc.add(P(f"Planned but not found: far_past_signal = {', '.join(f'{float(v):g}' for v in missing)}."))
+    doc.add(Bullets([sw["verdict"]["gauc"], sw["verdict"]["auc"]]))
+    doc.add(_fig(figs, "sweep", "TWIN-V2 − TWIN GAUC and AUC by far_past_signal (mean ± std over days)"))
+
+
+def kuairand_blocks(doc: Doc, k: dict[str, Any] | None, figs: dict[str, Path]) -> None:
+    doc.add(H(1, f"KuaiRand section: {k['label']}" if k else "KuaiRand section"))
+    if not k:
+        doc.add(P(f"{NOT_RUN}."))
+        return
+    table3_blocks(doc, k["table3"], figs, "kuairand", "Table 3 analog on KuaiRand (no oracle: real data)")
+    doc.add(H(2, "History lengths and what to expect"), P(k["note"]["text"]))
+    doc.add(H(2, "Data statistics (KuaiRand)"), _stats_block(k.get("stats")))
+    c = k.get("cost") or {}
+    if c.get("models"):
+        rows = [[r["name"], rate(r.get("train_samples_per_s_mean")), rate(r.get("eval_samples_per_s_mean"))]
+                for r in c["models"]]
+        doc.add(Table(["Model", "train samples/s", "inference samples/s"], rows, "Throughput on KuaiRand:"))
+
+
+def caveats(doc: Doc, t: dict[str, Any]) -> None:
+    h = t["header"]
+    cpus = (h.get("machine") or {}).get("cpus")
+    main = t.get("main") or {}
+    n_days = max([r.get("auc_n", 0) for r in (main.get("table3") or {}).get("rows", [])] or [0])
+    doc.add(H(1, "How to read this, and caveats"))
+    doc.add(Bullets([
+        ("Protocol (paper §4.1): per evaluation day, train on hours 0–22 in time order, test on hour 23, carry the "
+        "model over to the next day (streaming). mean ± std is over the days' test hours, population std (ddof=0), "
+        "as the trainer's summary."),
+        "GAUC = Σ_u w_u AUC_u / Σ_u w_u over users with both labels in the test hour, w_u = their sample count.",
+        (f"The paired t-test has only {n_days} day(s) here: low power, so a small p is strong evidence but a large p "
+        f"is weak evidence of no difference; one seed per model, so seed variance is not in the std."),
+        ("The main section runs on a generated world: its ground truth (p_true) gives the oracle row, and its "
+        "far_past_signal knob sets how much the far past predicts clicks; its numbers say what the models do on "
+        "that world, not on Kuaishou's logs. The paper's columns are Kuaishou's, shown for shape, not for equality."),
+        (f"Times and throughputs were measured on a {cpus}-core box with other work possibly running; compare them "
+         f"within this report, not with the paper's." if cpus else
+         "Times and throughputs depend on the machine (unknown: no experiment.json); compare them within this "
+         "report only."),
+        ("Every figure is also a table above it; `tables.json` holds every printed number, and "
+        "`twinv2.report.check_report` re-derives them from the metrics.json files."),
+    ]))

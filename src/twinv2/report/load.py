@@ -1,0 +1,219 @@
+"""Read an experiment folder (written by `twinv2 experiment`) into typed records; missing parts become None.
+
+Nothing here computes a number for the report: it only finds and parses files. A file that exists but cannot
+be read is recorded in `problems` (shown in the report) instead of raising, so one bad file never hides the
+rest of the report.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# models.registry.MODELS's order (the paper's Table 3 order), repeated here so that reading a report does not
+# import torch; tests/report checks that the two agree.
+MODELS = ("avg_pooling", "din", "sim_hard", "eta", "sim_cluster", "sdim", "sim_cluster_plus", "sim_soft", "twin",
+          "twin_v2")
+DISPLAY = {
+    "avg_pooling": "Avg-Pooling", "din": "DIN", "sim_hard": "SIM Hard", "sim_soft": "SIM Soft", "eta": "ETA",
+    "sdim": "SDIM", "sim_cluster": "SIM Cluster", "sim_cluster_plus": "SIM Cluster+", "twin": "TWIN",
+    "twin_v2": "TWIN-V2",
+}
+ABLATIONS = ("no_ln_gsu", "no_ln_esu", "no_ln_both")
+ABLATION_DISPLAY = {"full": "TWIN-V2 (full)", "no_ln_gsu": "no ln n in GSU", "no_ln_esu": "no ln n in ESU",
+                    "no_ln_both": "no ln n in GSU and ESU"}
+_PRED = re.compile(r"predictions-day(\d+)\.parquet$")
+
+
+def display_name(model: str) -> str:
+    return DISPLAY.get(model, ABLATION_DISPLAY.get(model, model))
+
+
+def model_order(names) -> list[str]:
+    """The registry's order (the paper's Table 3 order), unknown names after it, sorted."""
+    known = [m for m in MODELS if m in names]
+    return known + sorted(n for n in names if n not in MODELS)
+
+
+def read_json(path: Path, problems: list[str]) -> Any:
+    """Parsed JSON, or None when the file is missing; an unreadable file is noted in `problems`."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        problems.append(f"{path}: unreadable ({e})")
+        return None
+
+
+def day_values(metrics: dict[str, Any], key: str) -> dict[int, float]:
+    """{day index: value} of one per-day metric of a metrics.json body (NaN where missing or null)."""
+    out = {}
+    for i, d in enumerate(metrics.get("days") or []):
+        v = d.get(key)
+        out[int(d.get("day", i))] = float("nan") if v is None else float(v)
+    return out
+
+
+@dataclass
+class Run:
+    """One training run: metrics.json and the per-day prediction files beside it."""
+
+    name: str
+    dir: Path
+    metrics: dict[str, Any]
+
+    @property
+    def days(self) -> list[dict[str, Any]]:
+        return list(self.metrics.get("days") or [])
+
+    def day_values(self, key: str) -> dict[int, float]:
+        return day_values(self.metrics, key)
+
+    def prediction_files(self) -> list[Path]:
+        files = [p for p in self.dir.glob("predictions-day*.parquet") if _PRED.search(p.name)]
+        return sorted(files, key=lambda p: int(_PRED.search(p.name).group(1)))
+
+    def predictions(self) -> pd.DataFrame | None:
+        """All days' predictions (user_id, item_id, ts, label, score, day), or None if there are none."""
+        files = self.prediction_files()
+        if not files:
+            return None
+        parts = []
+        for p in files:
+            df = pd.read_parquet(p)
+            if "day" not in df.columns:
+                df["day"] = int(_PRED.search(p.name).group(1))
+            parts.append(df)
+        return pd.concat(parts, ignore_index=True)
+
+
+def load_run(run_dir: Path, problems: list[str]) -> Run | None:
+    m = read_json(run_dir / "metrics.json", problems)
+    if m is None:
+        return None
+    if not isinstance(m, dict) or not isinstance(m.get("days"), list):
+        problems.append(f"{run_dir / 'metrics.json'}: no per-day results ('days')")
+        return None
+    return Run(name=run_dir.name, dir=run_dir, metrics=m)
+
+
+def load_runs(parent: Path, problems: list[str], names=None) -> dict[str, Run]:
+    """Runs under `parent` (one folder each with a metrics.json), in the registry's order."""
+    if not parent.is_dir():
+        return {}
+    found = {}
+    for d in parent.iterdir():
+        if d.is_dir() and (names is None or d.name in names):
+            r = load_run(d, problems)
+            if r is not None:
+                found[d.name] = r
+    return {k: found[k] for k in model_order(found)} if names is None else \
+        {k: found[k] for k in names if k in found}
+
+
+@dataclass
+class Section:
+    """One dataset's part of the experiment (main, kuairand or one sweep value)."""
+
+    key: str
+    label: str
+    root: Path
+    dataset: Path | None
+    stats: dict[str, Any] | None
+    runs: dict[str, Run]
+    ablation: dict[str, Run] = field(default_factory=dict)
+    cluster_bench: dict[str, Any] | None = None
+    snapshots: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.runs and self.stats is None and self.dataset is None and self.cluster_bench is None
+
+
+def load_section(root: Path, key: str, label: str, problems: list[str],
+                 external_dataset: str | None = None) -> Section | None:
+    """`external_dataset`: the dataset folder when the experiment used an existing one (config `dataset`)
+    instead of generating EXP/<section>/dataset."""
+    if not root.is_dir():
+        return None
+    ds = root / "dataset"
+    if not (ds / "manifest.json").is_file() and external_dataset:
+        ds = Path(external_dataset)
+    dataset = ds if (ds / "manifest.json").is_file() else None
+    snaps = []
+    if dataset is not None:
+        for mf in sorted((dataset / "clusters").glob("*/manifest.json")):
+            m = read_json(mf, problems)
+            if isinstance(m, dict):
+                snaps.append((mf.parent, m))
+    sec = Section(key=key, label=label, root=root, dataset=dataset, stats=read_json(root / "stats.json", problems),
+                  runs=load_runs(root / "runs", problems),
+                  ablation=load_runs(root / "ablation", problems, names=ABLATIONS),
+                  cluster_bench=read_json(root / "cluster_bench.json", problems), snapshots=snaps)
+    return None if sec.empty else sec
+
+
+def _sweep_value(name: str) -> float | None:
+    m = re.fullmatch(r"fps-(.+)", name)
+    if not m:
+        return None
+    try:
+        return float(m.group(1))
+    except ValueError:
+        return None
+
+
+@dataclass
+class Experiment:
+    root: Path
+    meta: dict[str, Any]
+    main: Section | None
+    kuairand: Section | None
+    sweep: dict[float, Section]
+    bench_train: dict[str, Any] | None
+    problems: list[str]
+
+    def rel(self, path: Path) -> str:
+        """A path relative to the experiment folder (what tables.json stores, so the folder can move)."""
+        try:
+            return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def load_experiment(exp_dir: str | Path) -> Experiment:
+    root = Path(exp_dir)
+    if not root.is_dir():
+        raise ValueError(f"experiment folder not found: {root}")
+    problems: list[str] = []
+    meta = read_json(root / "experiment.json", problems)
+    meta = meta if isinstance(meta, dict) else {}
+    labels = meta.get("sections") or {}
+    external = (meta.get("config") or {}).get("dataset") if isinstance(meta.get("config"), dict) else None
+    main = load_section(root / "main", "main", labels.get("main", "main"), problems, external or None)
+    kuairand = load_section(root / "kuairand", "kuairand", labels.get("kuairand", "KuaiRand"), problems)
+    sweep: dict[float, Section] = {}
+    sweep_dir = root / "sweep"
+    if sweep_dir.is_dir():
+        for d in sweep_dir.iterdir():
+            v = _sweep_value(d.name)
+            if v is not None and d.is_dir():
+                s = load_section(d, f"sweep/{d.name}", f"far_past_signal = {d.name[4:]}", problems)
+                if s is not None:
+                    sweep[v] = s
+    sweep = dict(sorted(sweep.items()))
+    bench = read_json(root / "bench_train.json", problems)
+    return Experiment(root=root, meta=meta, main=main, kuairand=kuairand, sweep=sweep, bench_train=bench,
+                      problems=problems)
+
+
+def finite(values) -> np.ndarray:
+    a = np.asarray(list(values), dtype=np.float64)
+    return a[np.isfinite(a)]

@@ -1,0 +1,163 @@
+"""A synthetic experiment folder for the report tests: the tiny world as the dataset, fake but consistent runs.
+
+Predictions score each of a day's samples (the whole day, not only hour 23: the tiny world's test hours are
+too small for per-group GAUCs) with p_true plus model-specific noise, so the models' metrics differ and are
+real functions of their prediction files; metrics.json is written from those predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from twinv2.data.stats import compute_stats
+from twinv2.data.storage import Dataset
+from twinv2.train.metrics import auc, gauc
+
+MODELS = ("avg_pooling", "din", "sim_hard", "eta", "sim_cluster", "sdim", "sim_cluster_plus", "sim_soft", "twin",
+          "twin_v2")
+
+
+def summarise(days: list[dict]) -> dict:
+    """The trainer's summary (mean and population std over days), without importing torch."""
+    out = {}
+    for key in ("auc", "gauc", "oracle_auc", "oracle_gauc", "train_samples_per_s", "eval_samples_per_s"):
+        vals = np.array([d[key] for d in days if key in d], dtype=np.float64)
+        if len(vals):
+            out[f"{key}_mean"] = float(np.nanmean(vals))
+            out[f"{key}_std"] = float(np.nanstd(vals))
+    return out
+
+
+def write_metrics(run_dir: Path, model: str, days: list[dict]) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    body = {**summarise(days), "model": model, "config": {"model": model, "seed": 0, "model_cfg": {"seq_len": 0}},
+            "days": days}
+    (run_dir / "metrics.json").write_text(json.dumps(body, indent=1))
+    return body
+
+
+def write_predicted_run(run_dir: Path, model: str, ds: Dataset, noise: float, seed: int,
+                        oracle: bool = True, n_days: int | None = None) -> dict:
+    """Predictions per day from p_true + noise, and the metrics.json that goes with them."""
+    samples = ds.samples()
+    rng = np.random.default_rng(seed)
+    days = []
+    for day in ds.eval_days[:n_days]:
+        part = samples[(samples["ts"] >= day.start_ms) & (samples["ts"] < day.end_ms)]
+        # Coarse scores (rounded) so that ties occur and the tie-breaking rule is exercised.
+        score = np.round(part["p_true"].to_numpy() + rng.normal(0, noise * (1 + 0.3 * day.index), len(part)), 2)
+        pred = part[["user_id", "item_id", "ts", "label"]].assign(score=score, day=day.index)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        pred.to_parquet(run_dir / f"predictions-day{day.index}.parquet", index=False)
+        y, u = pred["label"].to_numpy(), pred["user_id"].to_numpy()
+        g, n_users = gauc(u, y, score)
+        row = {"day": day.index, "label": day.label, "n_train": 1000 + day.index, "n_test": len(pred),
+               "train_loss": 0.5, "train_seconds": 10.0 + seed % 7 + day.index,
+               "train_samples_per_s": 900.0 + 37 * (seed % 11) + 5 * day.index,
+               "eval_samples_per_s": 4000.0 + 101 * (seed % 13) - 7 * day.index,
+               "auc": auc(y, score), "gauc": g, "gauc_users": n_users}
+        if oracle:
+            p = part["p_true"].to_numpy()
+            row["oracle_auc"], row["oracle_gauc"] = auc(y, p), gauc(u, y, p)[0]
+        days.append(row)
+    return write_metrics(run_dir, model, days)
+
+
+def write_value_run(run_dir: Path, model: str, aucs: list[float], gaucs: list[float], oracle=None) -> dict:
+    days = [{"day": i, "label": f"d{i}", "n_train": 100, "n_test": 10, "train_loss": 0.5, "train_seconds": 2.0,
+             "train_samples_per_s": 500.0 + i, "eval_samples_per_s": 2000.0 + i, "auc": a, "gauc": g,
+             "gauc_users": 5} for i, (a, g) in enumerate(zip(aucs, gaucs))]
+    return write_metrics(run_dir, model, days)
+
+
+def cluster_bench() -> dict:
+    rows = []
+    for i, (variant, backend) in enumerate([("adaptive", "faiss"), ("binary", "faiss"), ("balanced_binary", "faiss"),
+                                            ("adaptive (scikit-learn k-means++)", "sklearn")]):
+        rows.append({"variant": variant, "backend": backend, "delta": 2 if "binary" in variant else "floor(n^0.3)",
+                     "accuracy": 0.8 - 0.01 * i, "sec_per_user_median": 0.01 * (i + 1),
+                     "sec_per_user_p90": 0.02 * (i + 1), "fit_sec_median": 0.005, "cpu_sec_per_user_median": 0.01,
+                     "clusters_per_user": 100.0 + i, "mean_cluster_size": 10.0, "compression": 0.1 + 0.001 * i,
+                     "bytes_before": 40_000.0, "bytes_after": 5_000.0 + i})
+    return {"rows": rows, "big_user_seconds": 3.2, "big_user_cpu_seconds": 3.1, "big_user_T": 1_000_000,
+            "setup": {"users": "synthetic: 5 users", "n_users": 5, "gamma": 20, "threads": 1},
+            "targets": [{"name": "adaptive median seconds per user <= 0.050", "target": 0.05, "value": 0.01,
+                         "met": True, "note": ""}], "all_targets_met": True}
+
+
+def snapshot_manifest(snap_dir: Path, ds: Dataset, with_counts: bool = True) -> dict:
+    """A cluster manifest like the job's; without counts, the report has to derive them."""
+    ts = ds.eval_days[0].start_ms
+    shards = {}
+    for s in range(ds.n_shards):
+        csr = ds.csr(s)
+        n_before = int((np.asarray(csr.columns["ts"]) < ts).sum())
+        e = {"shard": s, "file": f"part-{s:05d}.parquet", "sha256": "0" * 64, "bytes": 1000 + s, "seconds": 0.5 + s,
+             "users": csr.n_users, "users_in_shard": csr.n_users}
+        if with_counts:
+            e.update(rows=n_before // 10, behaviours=n_before)
+        shards[str(s)] = e
+    m = {"format": "twinv2-clusters", "version": 1, "dataset": str(ds.root), "n_shards": ds.n_shards,
+         "snapshot_ts": ts, "config": {"gamma": 20, "variant": "adaptive"}, "complete": True, "shards": shards,
+         "last_run": {"seconds": 4.25, "engine": "local"}}
+    snap_dir.mkdir(parents=True, exist_ok=True)
+    (snap_dir / "manifest.json").write_text(json.dumps(m))
+    return m
+
+
+SWEEP_GAINS = {0.0: [0.002, -0.003, 0.001, -0.001, 0.0005], 0.5: [0.010, 0.012, 0.008, 0.011, 0.009],
+               1.0: [0.020, 0.018, 0.022, 0.025, 0.019]}
+
+
+def make_experiment(root: Path, world: Path, parts: tuple[str, ...] = ("meta", "main", "ablation", "bench",
+                                                                        "sweep", "kuairand")) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    if "meta" in parts:
+        (root / "experiment.json").write_text(json.dumps({
+            "config": {"preset": "test", "world": {"name": "tiny"}, "models": list(MODELS)}, "seed": 7,
+            "machine": {"platform": "Linux-test", "cpus": 2, "torch": "2.x", "python": "3.11"},
+            "timings": {"generate": 2.5, "embed": 10.0, "cluster": 30.0, "train": 300.0, "report": 1.0},
+            "started": "2024-01-01T00:00:00", "finished": "2024-01-01T00:06:00",
+            "sections": {"main": "generated world (tiny)", "kuairand": "KuaiRand (test stand-in)"},
+            "sweep": {"values": [0.0, 0.5, 1.0], "models": ["twin", "twin_v2"]}}))
+    if "main" in parts:
+        main = root / "main"
+        shutil.copytree(world, main / "dataset", ignore=shutil.ignore_patterns("*.csr"))
+        ds = Dataset(main / "dataset")
+        (main / "stats.json").write_text(json.dumps(compute_stats(ds)))
+        snapshot_manifest(main / "dataset" / "clusters" / f"before-{ds.eval_days[0].start_ms}", ds)
+        for i, m in enumerate(MODELS):
+            write_predicted_run(main / "runs" / m, m, ds, noise=0.30 - 0.025 * i, seed=100 + i)
+        if "ablation" in parts:
+            for j, v in enumerate(("no_ln_gsu", "no_ln_esu", "no_ln_both")):
+                write_predicted_run(main / "ablation" / v, "twin_v2", ds, noise=0.08 + 0.03 * j, seed=200 + j)
+        if "bench" in parts:
+            (main / "cluster_bench.json").write_text(json.dumps(cluster_bench()))
+            (root / "bench_train.json").write_text(json.dumps({"rows": [
+                {"model": "twin_v2", "gsu_length": 10_000, "batch": 256, "threads": 2, "train_samples_per_s": 1200.0,
+                 "infer_samples_per_s": 5000.0, "peak_rss_gb": 2.5}], "targets_met": {}}))
+    if "sweep" in parts:
+        for v, gains in SWEEP_GAINS.items():
+            base = [0.70 + 0.001 * i for i in range(5)]
+            d = root / "sweep" / f"fps-{v}" / "runs"
+            write_value_run(d / "twin", "twin", base, [b - 0.05 for b in base])
+            write_value_run(d / "twin_v2", "twin_v2", [b + g / 2 for b, g in zip(base, gains)],
+                            [b - 0.05 + g for b, g in zip(base, gains)])
+    if "kuairand" in parts:
+        k = root / "kuairand"
+        k.mkdir(parents=True, exist_ok=True)
+        (k / "stats.json").write_text(json.dumps(compute_stats(Dataset(world))))
+        for i, m in enumerate(("din", "sim_soft", "twin", "twin_v2")):
+            write_value_run(k / "runs" / m, m, [0.75 + 0.001 * i + 0.0002 * d for d in range(5)],
+                            [0.65 + 0.0015 * i - 0.0001 * d for d in range(5)])
+    return root
+
+
+def predictions(run_dir: Path) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(p) for p in sorted(run_dir.glob("predictions-day*.parquet"))],
+                     ignore_index=True)
