@@ -1,0 +1,127 @@
+"""Running the app: in the foreground (`twinv2 serve`), in a background thread (tests) or as a child process
+(tests and `twinv2 bench serve`), always on a socket we bind ourselves so port 0 gives a free port without a
+race."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _server(app: Any, log_level: str):
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
+                            limit_concurrency=512, backlog=512)
+    return uvicorn.Server(config)
+
+
+def serve_forever(app: Any, host: str = "127.0.0.1", port: int = 8000, port_file: str | Path | None = None,
+                  log_level: str = "warning") -> None:
+    """Serve until SIGINT/SIGTERM. `port_file` receives the bound port (useful with port 0) once listening."""
+    sock = bind(host, port)
+    bound = sock.getsockname()[1]
+    server = _server(app, log_level)
+    if port_file is not None:
+        def announce() -> None:  # after uvicorn is accepting, so a reader of the file can connect at once
+            while not server.started and not server.should_exit:
+                time.sleep(0.01)
+            p = Path(port_file)
+            tmp = p.with_name(p.name + ".tmp")
+            tmp.write_text(json.dumps({"host": host, "port": bound, "pid": os.getpid()}))
+            os.replace(tmp, p)
+
+        threading.Thread(target=announce, daemon=True).start()
+    print(f"twinv2 serve: listening on http://{host}:{bound}", file=sys.stderr, flush=True)
+    server.run(sockets=[sock])
+
+
+class BackgroundServer:
+    """The app served from a thread of this process on 127.0.0.1 and a free port (tests)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", log_level: str = "warning") -> None:
+        self.sock = bind(host, 0)
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}"
+        self.server = _server(app, log_level)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"server at {self.url} did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+class ServerProcess:
+    """`python -m twinv2.serve serve ARGS` as a child process on 127.0.0.1 and a free port; `stop()` ends it
+    (SIGTERM, then SIGKILL after `grace` seconds)."""
+
+    def __init__(self, args: list[str], host: str = "127.0.0.1", start_timeout: float = 120.0,
+                 env: dict[str, str] | None = None) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="twinv2-serve-")
+        self.port_file = Path(self._dir.name) / "port.json"
+        self.log = open(Path(self._dir.name) / "server.log", "w+")
+        cmd = [sys.executable, "-m", "twinv2.serve", "serve", *args, "--host", host, "--port", "0",
+               "--port-file", str(self.port_file)]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + start_timeout
+        while not self.port_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                out = self.output()
+                self.stop()
+                raise RuntimeError(f"server process did not start (exit {self.proc.returncode}):\n{out[-3000:]}")
+            time.sleep(0.05)
+        self.url = f"http://{host}:{json.loads(self.port_file.read_text())['port']}"
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self, grace: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        self._dir.cleanup()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,181 @@
+"""The projection cache: what it precomputes, where it finds checkpoints, and atomic hot swaps (requests in
+flight finish on their version; no request mixes two, under concurrent load)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from twinv2.serve.projections import (
+    ModelNotReady,
+    ProjectionCache,
+    load_model_version,
+    resolve_checkpoint,
+)
+from twinv2.serve.scorer import Scorer
+from twinv2.serve.store import ClusterStore
+from twinv2.train.trainer import load_checkpoint
+
+
+def test_cache_holds_the_models_projections(tiny_checkpoint):
+    mv = load_model_version(tiny_checkpoint)
+    attn = mv.model.attn
+    with torch.no_grad():
+        items = mv.model.items.every_item()
+        torch.testing.assert_close(mv.items, items)
+        torch.testing.assert_close(mv.keys, attn.keys(items))
+        torch.testing.assert_close(mv.values, attn.w_v(items).view(-1, mv.heads, mv.head_dim))
+        for j, t in enumerate(attn.cross_scalars()):
+            torch.testing.assert_close(mv.cross_attn[j], t)
+            torch.testing.assert_close(mv.cross_gsu[j], t.mean(-1))
+    assert mv.keys.shape == (mv.model.items.n_items, 4, 16) and mv.version.startswith("twin_v2-")
+    assert mv.info["day"] == 0 and not mv.model.training
+
+
+def test_sources_files_run_folders_and_latest_pointers(tiny_checkpoint, tmp_path, perturbed):
+    assert resolve_checkpoint(tiny_checkpoint) == tiny_checkpoint
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_checkpoint, run / "checkpoint.pt")
+    assert resolve_checkpoint(run) == run / "checkpoint.pt"
+    (run / "checkpoints").mkdir()
+    perturbed(tiny_checkpoint, run / "checkpoints" / "ckpt-000001.pt")
+    (run / "LATEST").write_text(json.dumps({"checkpoint": "checkpoints/ckpt-000001.pt"}))
+    assert resolve_checkpoint(run) == run / "checkpoints" / "ckpt-000001.pt"
+    with pytest.raises(FileNotFoundError, match="neither LATEST nor checkpoint.pt"):
+        resolve_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        resolve_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read the checkpoint"):
+        load_model_version(bad)
+
+
+def test_only_twin_v2_checkpoints_are_served(tmp_path):
+    from twinv2.serve.synthetic import synthetic_checkpoint
+
+    path = synthetic_checkpoint(tmp_path / "c.pt", 50)
+    ck = load_checkpoint(path)
+    ck["model"] = "din"
+    ck["config"]["model"] = "din"
+    torch.save(ck, path)
+    with pytest.raises((ValueError, RuntimeError)):
+        load_model_version(path)
+
+
+def test_refresh_swaps_to_a_newer_checkpoint_and_survives_a_bad_one(tiny_checkpoint, tmp_path, perturbed):
+    src = tmp_path / "ckpt.pt"
+    shutil.copy(tiny_checkpoint, src)
+    cache = ProjectionCache(src)
+    v1 = cache.current.version
+    assert cache.refresh() is False  # same file: nothing to do
+    perturbed(tiny_checkpoint, src)
+    assert cache.refresh() is True and cache.current.version != v1
+    src.write_bytes(b"garbage, as if half written")
+    v2 = cache.current.version
+    assert cache.refresh() is False and cache.current.version == v2  # keeps serving the last good one
+    assert cache.reload_errors == 1 and "cannot read" in cache.last_error
+    with pytest.raises(ModelNotReady):
+        _ = ProjectionCache(src, load=False).current
+
+
+@pytest.fixture(scope="module")
+def two_versions(tiny_checkpoint, tmp_path_factory, perturbed):
+    d = tmp_path_factory.mktemp("swap")
+    a = load_model_version(tiny_checkpoint)
+    b = load_model_version(perturbed(tiny_checkpoint, d / "b.pt"))
+    return a, b
+
+
+def test_no_request_mixes_versions_under_concurrent_swaps(two_versions, tiny_store, request_ts, known_items):
+    a, b = two_versions
+    cache = ProjectionCache(a.path, load=False)
+    store = ClusterStore(tiny_store)
+    scorer = Scorer(cache, store)
+    rng = np.random.default_rng(4)
+    requests = [(int(u), rng.choice(known_items, 50)) for u in (1, 2, 3, 5, 8, 13, 21, 34)]
+    expected = {}
+    for mv in (a, b):
+        cache.swap(mv)
+        expected[mv.version] = [scorer.score(u, items, request_ts).scores for u, items in requests]
+    for ea, eb in zip(expected[a.version], expected[b.version]):
+        assert np.abs(ea - eb).max() > 1e-3  # every request tells the versions apart
+    # A request mixing versions (A's projections, B's tower) matches neither: the check below would see it.
+    mixed = Scorer(cache, store)
+    cache.swap(a)
+    a_model = a.model
+    object.__setattr__(a, "model", b.model)
+    try:
+        m = mixed.score(*requests[0], request_ts).scores
+    finally:
+        object.__setattr__(a, "model", a_model)
+    assert np.abs(m - expected[a.version][0]).max() > 1e-4 and np.abs(m - expected[b.version][0]).max() > 1e-4
+
+    stop, results, errors = threading.Event(), [], []
+
+    def client(k):
+        i = k
+        while not stop.is_set():
+            u, items = requests[i % len(requests)]
+            try:
+                r = scorer.score(u, items, request_ts)
+            except Exception as e:  # noqa: BLE001 - any failure fails the test below
+                errors.append(repr(e))
+                return
+            results.append((i % len(requests), r.model_version, r.scores))
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    swaps, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < 3.0 or len({v for _, v, _ in results}) < 2:
+        cache.swap(b if swaps % 2 == 0 else a)
+        swaps += 1
+        time.sleep(0.002)
+        if time.monotonic() - t0 > 30:
+            break
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert {v for _, v, _ in results} == {a.version, b.version} and swaps > 100 and len(results) > 20
+    for i, version, scores in results:
+        np.testing.assert_allclose(scores, expected[version][i], rtol=0, atol=1e-6)
+
+
+def test_a_request_in_flight_finishes_on_its_version(two_versions, tiny_store, request_ts, known_items):
+    a, b = two_versions
+    cache = ProjectionCache(a.path, load=False)
+    cache.swap(a)
+    store = ClusterStore(tiny_store)
+    inside, release = threading.Event(), threading.Event()
+
+    class SlowStore:  # pauses the request after it took its model version
+        def get(self, user):
+            inside.set()
+            release.wait(10)
+            return store.get(user)
+
+        def info(self, version):
+            return store.info(version)
+
+    scorer = Scorer(cache, SlowStore())  # type: ignore[arg-type]
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", scorer.score(3, known_items[:20], request_ts)))
+    t.start()
+    assert inside.wait(10)
+    cache.swap(b)  # the swap lands while the request is in flight
+    release.set()
+    t.join()
+    want = Scorer(ProjectionCache(a.path), store).score(3, known_items[:20], request_ts)
+    assert out["r"].model_version == a.version
+    np.testing.assert_allclose(out["r"].scores, want.scores, atol=1e-6)
+    assert Scorer(cache, store).score(3, known_items[:20], request_ts).model_version == b.version

@@ -1,0 +1,155 @@
+"""Online == offline: the scorer's scores equal the offline TWIN-V2 forward on the inputs the training
+batcher builds for the same (user, item, time), to 1e-5, for every kind of user and item."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from twinv2.data.storage import Dataset, EvalDay
+from twinv2.models.frame import ModelConfig
+from twinv2.offline.store import ClusterSnapshot
+from twinv2.serve.projections import ProjectionCache
+from twinv2.serve.scorer import Scorer, cluster_inputs
+from twinv2.serve.store import ClusterStore
+from twinv2.serve.synthetic import (
+    synthetic_checkpoint,
+    synthetic_clusters,
+    write_snapshot,
+)
+from twinv2.train.batching import Batcher
+from twinv2.train.trainer import item_tables
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_checkpoint, tiny_store) -> Scorer:
+    return Scorer(ProjectionCache(tiny_checkpoint), ClusterStore(tiny_store))
+
+
+def offline_logits(model, batcher, users, items, ts) -> np.ndarray:
+    batch = batcher.batch(np.asarray(users), np.asarray(items), np.asarray(ts), np.zeros(len(items)))
+    with torch.no_grad():
+        return model(batch).numpy()
+
+
+@pytest.mark.parametrize("esu", ["dense", "gather"])
+def test_online_equals_offline_across_users(tiny_world, tiny_snapshot, scorer, request_ts, known_items, esu,
+                                            monkeypatch):
+    import twinv2.serve.scorer as scorer_module
+
+    if esu == "gather":  # the path for requests whose kept clusters hardly overlap
+        monkeypatch.setattr(scorer_module, "DENSE_UNION_MIN", 0)
+        monkeypatch.setattr(scorer_module, "DENSE_UNION_FRACTION", 0.0)
+    ds = Dataset(tiny_world)
+    mv = scorer.cache.current
+    batcher = Batcher(ds, item_tables(ds)[0], "clusters", mv.seq_len)
+    batcher.use_snapshot(ClusterSnapshot(tiny_snapshot), ds.eval_days[0])
+    rng = np.random.default_rng(0)
+    known = ClusterSnapshot(tiny_snapshot).user_ids()
+    sizes = np.array([scorer.store.get(int(u)).size for u in known])
+    # The 12 users with the most clusters (up to 662: the top 100 really selects), 12 others, 2 unknown users.
+    users = list(known[np.argsort(-sizes)[:12]]) + list(rng.choice(known[np.argsort(-sizes)[12:]], 12, replace=False))
+    users += [10**13, -4]
+    assert sizes.max() > 100
+    worst = 0.0
+    for k, u in enumerate(users):
+        items = rng.choice(known_items, 23)
+        items[k % 23] = 10**14  # an unknown item: the fallback embedding, same row 0 as offline
+        ts = request_ts + int(rng.integers(0, 20 * 3_600_000))
+        online = scorer.score(int(u), items, ts)
+        offline = offline_logits(mv.model, batcher, np.full(23, u), items, np.full(23, ts))
+        worst = max(worst, float(np.abs(online.logits - offline).max()))
+        np.testing.assert_allclose(online.scores, 1 / (1 + np.exp(-online.logits)), rtol=1e-6)
+        assert online.unknown_items == 1
+    assert worst <= TOL, worst
+
+
+def test_online_equals_a_mixed_offline_batch(tiny_world, tiny_snapshot, scorer):
+    """The test-hour samples of day 0 as the trainer batches them (many users, padded): per sample equal."""
+    ds = Dataset(tiny_world)
+    mv = scorer.cache.current
+    day = ds.eval_days[0]
+    batcher = Batcher(ds, item_tables(ds)[0], "clusters", mv.seq_len)
+    batcher.use_snapshot(ClusterSnapshot(tiny_snapshot), day)
+    s = ds.samples()
+    s = s[(s.ts >= day.test_start_ms) & (s.ts < day.end_ms)].iloc[:96]
+    offline = offline_logits(mv.model, batcher, s.user_id.values, s.item_id.values, s.ts.values)
+    online = np.array([scorer.score(int(r.user_id), [int(r.item_id)], int(r.ts)).logits[0]
+                       for r in s.itertuples()])
+    assert np.abs(online - offline).max() <= TOL
+
+
+def test_unknown_user_is_an_empty_life_cycle(scorer, request_ts, known_items):
+    r = scorer.score(10**13, known_items[:5], request_ts)
+    assert r.clusters == 0 and r.unknown_items == 0
+    mv = scorer.cache.current
+    from twinv2.models.batch import Batch, Seq
+
+    batch = Batch(target=torch.from_numpy(mv.vocab.rows(known_items[:5])),
+                  seq=Seq(rows=torch.zeros(5, 1, dtype=torch.long), cross=torch.zeros(5, 1, 3, dtype=torch.long),
+                          mask=torch.zeros(5, 1, dtype=torch.bool), log_n=torch.zeros(5, 1)),
+                  label=torch.zeros(5), user_id=torch.zeros(5, dtype=torch.long), ts=torch.zeros(5, dtype=torch.long))
+    with torch.no_grad():
+        np.testing.assert_allclose(r.logits, mv.model(batch).numpy(), atol=TOL)
+
+
+def test_requests_before_the_snapshot_or_outside_2000_2100_are_refused(scorer, tiny_snapshot, known_items):
+    snap_ts = ClusterSnapshot(tiny_snapshot).snapshot_ts
+    with pytest.raises(ValueError, match="before the served cluster snapshot"):
+        scorer.score(1, known_items[:3], snap_ts - 1)
+    with pytest.raises(ValueError, match="epoch time in milliseconds"):
+        scorer.score(1, known_items[:3], snap_ts // 1000)  # seconds, not ms
+    assert scorer.score(1, [], snap_ts).scores.shape == (0,)
+
+
+def test_users_beyond_seq_len_keep_their_latest_clusters_as_offline(tmp_path):
+    """seq_len 50 and users of 7 to 130 clusters (D=24, H=3, d=8, top 10: mismatched on purpose)."""
+    from twinv2.models.attention import AttentionConfig
+
+    att = AttentionConfig(dim=24, heads=3, head_dim=8, out_dim=20, top_k=10)
+    ckpt = synthetic_checkpoint(tmp_path / "c.pt", 301, seed=5, model_cfg=ModelConfig(dim=24, seq_len=50,
+                                                                                      attention=att))
+    ts0 = 1_712_534_400_000
+    users = [3, 11, 12, 40]
+    snap = write_snapshot(tmp_path / "snap", synthetic_clusters(users, [130, 7, 50, 51], 301, ts0, seed=1), ts0,
+                          n_shards=2)
+    store = ClusterStore(tmp_path / "store")
+    store.load_snapshot(snap)
+    scorer = Scorer(ProjectionCache(ckpt), store)
+    mv = scorer.cache.current
+    assert mv.seq_len == 50 and mv.heads == 3 and mv.head_dim == 8
+
+    class _DS:  # the one attribute the clusters batcher reads
+        n_shards = 2
+
+    batcher = Batcher(_DS(), mv.vocab, "clusters", mv.seq_len)  # type: ignore[arg-type]
+    batcher.use_snapshot(ClusterSnapshot(snap), EvalDay(index=0, label="d", start_ms=ts0))
+    items = np.r_[np.arange(1, 300, 13), 0, 999]  # 0 and 999: not in the vocabulary
+    for u in users:
+        ts = ts0 + 7_200_000
+        online = scorer.score(u, items, ts)
+        offline = offline_logits(mv.model, batcher, np.full(len(items), u), items, np.full(len(items), ts))
+        assert np.abs(online.logits - offline).max() <= TOL, u
+        assert cluster_inputs(store.get(u), ts, mv.vocab, mv.seq_len).size == min(50, store.get(u).size)
+
+
+@pytest.mark.parametrize("k", [1, 4, 10, 56, 57, 60])
+def test_top_clusters_is_an_exact_top_k_with_ties(k):
+    from twinv2.serve.scorer import top_clusters
+
+    rng = np.random.default_rng(1)
+    g = torch.from_numpy(rng.standard_normal((13, 57)).astype(np.float32))
+    g[3, :10] = 5.0  # ten tied maxima
+    g[5] = 0.0  # a row of ties
+    zero = torch.zeros(13, dtype=torch.bool)
+    zero[[7, 9]] = True
+    g[9] = g[7]  # zero-query rows are identical: they get torch.topk's (the offline GSU's) choice
+    idx = top_clusters(g, k, zero)
+    kk = min(k, 57)
+    assert idx.shape == (13, kk) and all(len(set(r.tolist())) == kk for r in idx)
+    assert torch.equal(g.gather(1, idx).sort(1, descending=True).values, g.topk(kk, 1).values)
+    if k < 57:
+        assert set(idx[9].tolist()) == set(g[9:10].topk(kk, 1).indices[0].tolist())
