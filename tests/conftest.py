@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Idle OpenMP threads spin by default; on a busy 2-core box that made torch calls many times slower (seen in
+# the serving tests). Must be set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_KUAIRAND = REPO.parent / "shared" / "data" / "kuairand"

@@ -11,8 +11,9 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -169,6 +170,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from twinv2.bench.train import bench_train
 
         result = bench_train(steps=a.steps)
+    elif a.what == "serve":
+        from twinv2.serve.commands import bench_serve
+
+        result = bench_serve(**vars(a))
     else:  # pragma: no cover - argparse restricts choices
         raise ValueError(f"unknown benchmark {a.what!r}")
     if a.what != "cluster":
@@ -178,44 +183,37 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(a: argparse.Namespace) -> int:
-    """Generate the default world, describe it, and compress its users' life cycles."""
-    from twinv2.data.generate import generate_world, preset
-    from twinv2.data.stats import compute_stats, format_stats, plot_stats
-    from twinv2.data.storage import Dataset
+def cmd_experiment(a: argparse.Namespace) -> int:
+    from twinv2.experiment.config import experiment_preset, load_experiment
+    from twinv2.experiment.run import run_experiment
 
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if a.config and a.preset:
+        raise ValueError("give --config FILE or --preset NAME, not both")
+    cfg = load_experiment(a.config) if a.config else experiment_preset(a.preset or "demo")
+    out = Path(a.out or f"out/{cfg.name}")
     t0 = time.time()
-    root = out / "world"
-    if (root / "manifest.json").exists():
-        print(f"[demo] reusing the world at {root}")
-    else:
-        print(f"[demo] generating the '{a.preset}' world into {root}")
-        generate_world(preset(a.preset), root, overwrite=True, progress=True)
-    ds = Dataset(root)
-    stats = compute_stats(ds)
-    (out / "stats.txt").write_text(format_stats(stats) + "\n")
-    _write_json(out / "stats.json", stats)
-    print(format_stats(stats))
-    plots = plot_stats(ds, stats, out / "plots")
-    steps = _demo_offline(ds, out)
-    print(f"\n[demo] done in {time.time() - t0:.0f} s. Outputs:")
-    print(f"  dataset      {root}")
-    print(f"  stats        {out / 'stats.txt'}  (+ {len(plots)} plots in {out / 'plots'})")
-    for name, path in steps:
-        print(f"  {name:<12} {path}")
+    report = run_experiment(cfg, out, progress=not a.quiet)
+    print(f"experiment '{cfg.name}' finished in {time.time() - t0:.0f} s")
+    print(f"  report       {report}  (+ report.html, figures/)")
+    print(f"  runs         {out}/main/runs/<model>/metrics.json")
     return 0
 
 
-def _demo_offline(ds: Any, out: Path) -> list[tuple[str, Path]]:
-    """Embed items and cluster every life cycle before the first evaluation day."""
-    from twinv2.offline.embed import EmbedConfig, embed
-    from twinv2.offline.job import ClusterJobConfig, run_cluster_job
+def cmd_report(a: argparse.Namespace) -> int:
+    from twinv2.report import build_report, check_report
 
-    emb = embed(ds.root, None, EmbedConfig())
-    snap = run_cluster_job(ds.root, ds.eval_days[0].start_ms, emb, ClusterJobConfig(), progress=True)
-    return [("embeddings", Path(emb)), ("clusters", Path(snap))]
+    path = build_report(a.experiment, a.out)
+    problems = check_report(a.experiment, a.out)
+    for p in problems:
+        print(f"inconsistent: {p}", file=sys.stderr)
+    print(f"wrote {path}")
+    return 1 if problems else 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """`make demo`: the `demo` experiment (all ten models, ablations, sweep, KuaiRand, report)."""
+    a.config, a.preset = None, "demo"
+    return cmd_experiment(a)
 
 
 def _write_json(path: str | Path, obj: Any) -> None:
@@ -283,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_cluster)
 
     b = sub.add_parser("bench", help="benchmarks (each prints JSON; --json PATH writes it)")
-    b.add_argument("what", choices=["generate", "cluster", "train"])
+    b.add_argument("what", choices=["generate", "cluster", "train", "serve"])
     b.add_argument("--json", metavar="PATH")
     b.add_argument("--preset", default="small", help="generate: world preset")
     b.add_argument("--out", help="generate: where to write the world (default: a temporary folder)")
@@ -306,10 +304,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    d = sub.add_parser("demo", help="the main job on the embedded default world (what `make demo` runs)")
+    x = sub.add_parser("experiment", help="the main job: data to report (Table 3/4, Figures 4/5, sweep, KuaiRand)")
+    x.add_argument("--preset", choices=["demo", "small", "paper"], help="a built-in experiment (default: demo)")
+    x.add_argument("--config", help="YAML of ExperimentConfig fields (see twinv2.experiment.config)")
+    x.add_argument("--out", help="experiment folder (default: out/<name>); an unfinished one is resumed")
+    x.add_argument("--quiet", action="store_true")
+    x.set_defaults(func=cmd_experiment)
+
+    r = sub.add_parser("report", help="(re)build EXP/report from an experiment folder")
+    r.add_argument("experiment")
+    r.add_argument("--out", help="report folder (default: EXP/report)")
+    r.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("demo", help="the `demo` experiment (what `make demo` runs)")
     d.add_argument("--out", default="out/demo")
-    d.add_argument("--preset", default="small")
+    d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    from twinv2.serve.commands import add_bench_args, register
+
+    register(sub)  # `twinv2 serve`, `twinv2 nearline`
+    add_bench_args(b)  # `twinv2 bench serve` flags
     return p
 
 

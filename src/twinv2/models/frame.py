@@ -80,6 +80,19 @@ class ItemFeatures(nn.Module):
     def tag(self, rows: torch.Tensor) -> torch.Tensor:
         return self.tag_of[rows]
 
+    @torch.no_grad()
+    def load_pretrained(self, vectors: np.ndarray) -> None:
+        """Start from offline item embeddings (I, D) by item row (the `twinv2 embed` table): they already hold
+        item + author + tag, so the item table takes them and the author and tag tables start at zero."""
+        e = self.emb
+        if vectors.shape != tuple(e.item.weight.shape):
+            raise ValueError(f"pretrained item vectors have shape {vectors.shape}, the item table "
+                             f"{tuple(e.item.weight.shape)} (rows x dim must match)")
+        e.item.weight.copy_(torch.as_tensor(vectors, dtype=e.item.weight.dtype))
+        e.item.weight[0].zero_()
+        e.author.weight.zero_()
+        e.tag.weight.zero_()
+
 
 class CTRModel(nn.Module):
     """Base class. Subclasses set `sequence` ("recent" or "clusters"), `default_seq_len`, and `long_term`."""

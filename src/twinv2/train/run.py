@@ -40,5 +40,9 @@ def train_one(ds: Dataset, cfg: TrainConfig, out: str | Path | None, snapshots: 
               embeddings: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     cls = model_class(cfg.model)
     snaps = [ClusterSnapshot(s) for s in snapshots] if snapshots else find_snapshots(ds)
-    vectors = item_vectors(ds, embeddings) if getattr(cls, "needs_item_vectors", False) else None
-    return StreamingTrainer(ds, cfg, snaps, item_vectors=vectors, out_dir=out, progress=progress).run()
+    needs = getattr(cls, "needs_item_vectors", False)
+    table = Path(embeddings) if embeddings else ds.root / "embeddings" / "item_embeddings.parquet"
+    wants = cfg.item_init == "embeddings" or (cfg.item_init == "auto" and table.exists())
+    vectors = item_vectors(ds, table) if needs or wants else None
+    return StreamingTrainer(ds, cfg, snaps, item_vectors=vectors if needs else None, out_dir=out,
+                            progress=progress, init_vectors=vectors if wants else None).run()

@@ -1,0 +1,127 @@
+"""Settings of `twinv2 experiment`: which data, which models, which extra studies, and how much training.
+
+Every stage's own settings stay in its own dataclass (WorldConfig, EmbedConfig, ClusterJobConfig, TrainConfig);
+an experiment holds *overrides* of them as plain mappings, so a YAML file reads like the commands it replaces
+and a typo is still caught — the overrides are validated by building the stage configs up front (`resolve`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from twinv2.config import from_dict, load_yaml, to_dict
+from twinv2.data.generate import WorldConfig, preset
+from twinv2.models.registry import MODELS
+from twinv2.offline.embed import EmbedConfig
+from twinv2.offline.job import ClusterJobConfig
+from twinv2.train.trainer import TrainConfig
+
+ABLATIONS: dict[str, dict[str, bool]] = {  # Figure 4: TWIN-V2 with ln n removed from one or both stages
+    "no_ln_gsu": {"log_n_gsu": False},
+    "no_ln_esu": {"log_n_esu": False},
+    "no_ln_both": {"log_n_gsu": False, "log_n_esu": False},
+}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "custom"
+    seed: int = 0  # the world's seed and every training run's seed
+    world_preset: str = "small"  # generated world for the main section (data/generate PRESETS) ...
+    world: dict[str, Any] = field(default_factory=dict)  # ... with these WorldConfig overrides
+    dataset: str = ""  # or an existing dataset folder (generated or imported) instead of generating one
+    models: tuple[str, ...] = tuple(MODELS)  # the ten models of Table 3
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides, every run
+    embed: dict[str, Any] = field(default_factory=dict)  # EmbedConfig overrides
+    cluster: dict[str, Any] = field(default_factory=dict)  # ClusterJobConfig overrides
+    ablation: bool = True  # Figure 4: the three ln n ablations of TWIN-V2
+    cluster_bench_users: int = 10  # Table 4 on the main data's longest histories (0 = skip)
+    sweep_values: tuple[float, ...] = (0.0, 0.5, 1.0)  # far_past_signal values; () = no sweep
+    sweep_models: tuple[str, ...] = ("twin", "twin_v2")
+    sweep_world: dict[str, Any] = field(default_factory=dict)  # WorldConfig overrides on top of the main world's
+    kuairand: str = "27k"  # KuaiRand layout to import for its own section ("" = skip)
+    kuairand_src: str = ""  # KuaiRand folder; "" = ../shared/data/kuairand beside the repository
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in (*self.models, *self.sweep_models) if m not in MODELS]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; known models: {', '.join(MODELS)}")
+        if not self.models:
+            raise ValueError("models is empty: an experiment compares at least one model")
+        if self.cluster_bench_users < 0:
+            raise ValueError(f"cluster_bench_users must be >= 0, got {self.cluster_bench_users}")
+        if self.kuairand not in ("", "27k", "1k"):
+            raise ValueError(f"kuairand must be '27k', '1k' or '' (skip), got {self.kuairand!r}")
+        if any(not 0.0 <= v for v in self.sweep_values):
+            raise ValueError(f"sweep_values must be >= 0 (far_past_signal), got {self.sweep_values}")
+        self.resolve()  # every override is checked now, not an hour into the run
+
+    # ---- the stage configs ------------------------------------------------------------------------------
+    def world_config(self, **extra: Any) -> WorldConfig:
+        return preset(self.world_preset, **{**self.world, "seed": self.seed, **extra})
+
+    def sweep_config(self, value: float) -> WorldConfig:
+        return self.world_config(**self.sweep_world, far_past_signal=float(value))
+
+    def embed_config(self) -> EmbedConfig:
+        return from_dict(EmbedConfig, {"seed": self.seed, **self.embed}, where="experiment.embed")
+
+    def cluster_config(self) -> ClusterJobConfig:
+        return from_dict(ClusterJobConfig, {"seed": self.seed, **self.cluster}, where="experiment.cluster")
+
+    def train_config(self, model: str, attention: dict[str, Any] | None = None) -> TrainConfig:
+        data = _merge({"seed": self.seed, **copy.deepcopy(self.train)},
+                      {"model": model, "model_cfg": {"attention": attention or {}}})
+        return from_dict(TrainConfig, data, where="experiment.train")
+
+    def resolve(self) -> dict[str, Any]:
+        """Everything this experiment will run with, as plain data (written to experiment.json)."""
+        out: dict[str, Any] = {"experiment": to_dict(self), "embed": to_dict(self.embed_config()),
+                               "cluster": to_dict(self.cluster_config()),
+                               "train": to_dict(self.train_config(self.models[0]))}
+        if not self.dataset:
+            out["world"] = to_dict(self.world_config())
+        if self.sweep_values:
+            if self.dataset:
+                raise ValueError("sweep_values needs a generated world (the knob is the generator's); "
+                                 "set sweep_values: [] with an existing dataset")
+            out["sweep_worlds"] = {str(v): to_dict(self.sweep_config(v)) for v in self.sweep_values}
+        return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of nested mappings (extra wins)."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# Presets. Why these sizes: `demo` must compare all ten models, the ablations, a three-point sweep and KuaiRand
+# within 15 minutes on a 2-core machine, so its world is small (300 users x ~4k behaviours, 20k items) and
+# each day trains on a 3,000-sample subsample: its numbers show the pipeline, not settled conclusions.
+# `small` is the issue's larger run (the `small` world: 2,000 users x 14.5k behaviours, 200k items) with
+# 10,000 training samples per day (of ~49,000); `paper` is paper-shaped (20,000 users) for a bigger box.
+_DEMO_WORLD = {"n_users": 300, "n_items": 20_000, "n_authors": 2_000, "length_mean": 4_000.0,
+               "length_max": 30_000, "n_shards": 4}
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {"name": "demo", "world_preset": "small", "world": _DEMO_WORLD,
+             "train": {"max_train_per_day": 3_000}, "embed": {"max_pairs": 2_000_000},
+             "cluster_bench_users": 3, "sweep_world": {"n_users": 150}},
+    "small": {"name": "small", "world_preset": "small", "train": {"max_train_per_day": 10_000},
+              "cluster_bench_users": 5, "sweep_world": {"n_users": 300}},
+    "paper": {"name": "paper", "world_preset": "paper", "cluster_bench_users": 50,
+              "sweep_world": {"n_users": 2_000}},
+}
+
+
+def experiment_preset(name: str) -> ExperimentConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown experiment preset {name!r}; valid presets are {sorted(PRESETS)}")
+    return from_dict(ExperimentConfig, copy.deepcopy(PRESETS[name]), where=f"experiment preset {name!r}")
+
+
+def load_experiment(path: str) -> ExperimentConfig:
+    return load_yaml(ExperimentConfig, path)

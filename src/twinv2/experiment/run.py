@@ -1,0 +1,218 @@
+"""`twinv2 experiment`: data → embeddings → clusters → ten models → ablations → sweep → KuaiRand → report.
+
+Folder layout (what twinv2.report reads):
+
+    EXP/experiment.json                 resolved config, seed, machine, per-stage seconds, start/finish
+    EXP/main/dataset/                   the world (or a link-free copy of nothing: `dataset:` is used in place)
+    EXP/main/stats.json, cluster_bench.json, runs/<model>/, ablation/<variant>/
+    EXP/sweep/fps-<value>/dataset/, runs/<model>/
+    EXP/kuairand/dataset/, stats.json, runs/<model>/
+    EXP/report/report.md, report.html, figures/
+
+Every stage is skipped when its output is already complete (a dataset manifest, an embedding table, a
+snapshot whose manifest lists every part, a run's metrics.json), so an interrupted experiment resumes where it
+stopped; rerunning a finished one only rebuilds the report. A folder made with a different config is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from twinv2.data.storage import Dataset, write_json_atomic
+from twinv2.experiment.config import ABLATIONS, ExperimentConfig
+
+KUAIRAND_DEFAULT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "kuairand"
+
+
+class Experiment:
+    def __init__(self, cfg: ExperimentConfig, out: str | Path, progress: bool = True) -> None:
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.resolved = cfg.resolve()
+        self.record_path = self.out / "experiment.json"
+        self.record = self._open_record()
+        self.stages = self._plan()
+
+    # ---- bookkeeping ------------------------------------------------------------------------------------
+    def _open_record(self) -> dict[str, Any]:
+        if self.record_path.exists():
+            old = json.loads(self.record_path.read_text())
+            # The experiment's own settings must match; the resolved stage configs are those of the first run
+            # (a stage config gaining a defaulted field in a later version does not block a resume).
+            if old.get("config", {}).get("experiment") != json.loads(json.dumps(self.resolved["experiment"])):
+                raise ValueError(f"{self.out} holds an experiment with a different config; use another --out "
+                                 f"(or delete {self.out}) to run this one")
+            return old
+        return {"config": self.resolved, "seed": self.cfg.seed, "name": self.cfg.name, "machine": machine(),
+                "timings": {}, "started": _now(), "finished": None,
+                "sections": {"main": self._main_label(), "kuairand": f"KuaiRand {self.cfg.kuairand.upper()}"},
+                "sweep": {"values": list(self.cfg.sweep_values), "models": list(self.cfg.sweep_models)}}
+
+    def _main_label(self) -> str:
+        if self.cfg.dataset:
+            return f"dataset {self.cfg.dataset}"
+        w = self.cfg.world_config()
+        return f"generated world '{self.cfg.name}' ({w.n_users:,} users, {w.n_items:,} items)"
+
+    def _save(self) -> None:
+        write_json_atomic(self.record_path, self.record)
+
+    def _say(self, msg: str) -> None:
+        if self.progress:
+            print(f"[experiment] {msg}", flush=True)
+
+    # ---- plan ---------------------------------------------------------------------------------------------
+    def _plan(self) -> list[tuple[str, Callable[[], Any]]]:
+        c, main = self.cfg, self.out / "main"
+        main_ds = Path(c.dataset) if c.dataset else main / "dataset"
+        st: list[tuple[str, Callable[[], Any]]] = []
+        if not c.dataset:
+            st.append(("generate main", lambda: self._generate(c.world_config(), main_ds)))
+        st += [("stats main", lambda: self._stats(main_ds, main / "stats.json")),
+               ("embed main", lambda: self._embed(main_ds)),
+               ("cluster main", lambda: self._cluster(main_ds))]
+        if c.cluster_bench_users:
+            st.append(("cluster bench", lambda: self._cluster_bench(main_ds, main / "cluster_bench.json")))
+        for m in c.models:
+            st.append((f"train main/{m}", lambda m=m: self._train(main_ds, m, main / "runs" / m)))
+        if c.ablation and "twin_v2" in c.models:
+            for name, att in ABLATIONS.items():
+                st.append((f"train ablation/{name}",
+                           lambda name=name, att=att: self._train(main_ds, "twin_v2", main / "ablation" / name, att)))
+        for v in c.sweep_values:
+            root = self.out / "sweep" / f"fps-{float(v)}"
+            ds = root / "dataset"
+            st += [(f"generate sweep {v}", lambda v=v, ds=ds: self._generate(c.sweep_config(v), ds)),
+                   (f"embed sweep {v}", lambda ds=ds: self._embed(ds)),
+                   (f"cluster sweep {v}", lambda ds=ds: self._cluster(ds))]
+            for m in c.sweep_models:
+                st.append((f"train sweep {v}/{m}", lambda ds=ds, m=m, root=root: self._train(ds, m, root / "runs" / m)))
+        if c.kuairand:
+            kr = self.out / "kuairand"
+            st += [("import kuairand", lambda: self._import(kr / "dataset")),
+                   ("stats kuairand", lambda: self._stats(kr / "dataset", kr / "stats.json")),
+                   ("embed kuairand", lambda: self._embed(kr / "dataset")),
+                   ("cluster kuairand", lambda: self._cluster(kr / "dataset"))]
+            for m in c.models:
+                st.append((f"train kuairand/{m}", lambda m=m: self._train(kr / "dataset", m, kr / "runs" / m)))
+        st.append(("report", self._report))
+        return st
+
+    def run(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._save()
+        t_all = time.perf_counter()
+        for i, (name, fn) in enumerate(self.stages, 1):
+            self._say(f"stage {i}/{len(self.stages)}: {name}")
+            t0 = time.perf_counter()
+            skipped = fn() == "skipped"
+            if skipped:
+                self._say(f"  {name}: already complete, skipped")
+            else:
+                self.record["timings"][name] = time.perf_counter() - t0
+            self.record["finished"] = _now() if name == "report" else None
+            self._save()
+        report = self.out / "report" / "report.md"
+        self._say(f"done in {time.perf_counter() - t_all:.0f} s; report: {report}")
+        return report
+
+    # ---- stages -------------------------------------------------------------------------------------------
+    def _generate(self, world: Any, root: Path) -> str | None:
+        from twinv2.data.generate import generate_world
+
+        if (root / "manifest.json").exists():
+            return "skipped"
+        generate_world(world, root, overwrite=True, progress=self.progress)
+        return None
+
+    def _import(self, root: Path) -> str | None:
+        from twinv2.data.importers import import_kuairand
+
+        if (root / "manifest.json").exists():
+            return "skipped"
+        src = Path(self.cfg.kuairand_src) if self.cfg.kuairand_src else KUAIRAND_DEFAULT
+        if not src.is_dir():
+            raise ValueError(f"KuaiRand folder not found at {src}; set kuairand_src, or kuairand: '' to skip")
+        import_kuairand(src, root, layout=self.cfg.kuairand, overwrite=True)
+        return None
+
+    def _stats(self, root: Path, path: Path) -> str | None:
+        from twinv2.data.stats import compute_stats
+
+        if path.exists():
+            return "skipped"
+        write_json_atomic(path, compute_stats(Dataset(root)))
+        return None
+
+    def _embed(self, root: Path) -> str | None:
+        from twinv2.offline.embed import embed
+
+        if (root / "embeddings" / "item_embeddings.parquet").exists():
+            return "skipped"
+        embed(root, None, self.cfg.embed_config(), progress=self.progress)
+        return None
+
+    def _cluster(self, root: Path) -> str | None:
+        from twinv2.offline.job import run_cluster_job
+        from twinv2.train.run import find_snapshots
+
+        ds = Dataset(root)
+        first = ds.eval_days[0].start_ms  # clusters from before the first evaluation day: no day sees its future
+        if any(s.snapshot_ts == first for s in find_snapshots(ds)):
+            return "skipped"
+        run_cluster_job(root, first, None, self.cfg.cluster_config(), progress=self.progress)
+        return None
+
+    def _cluster_bench(self, root: Path, path: Path) -> str | None:
+        from twinv2.bench.cluster import bench_cluster
+
+        if path.exists():
+            return "skipped"
+        result = bench_cluster(root, root / "embeddings" / "item_embeddings.parquet",
+                               n_users=self.cfg.cluster_bench_users, big_user=False, seed=self.cfg.seed,
+                               progress=self.progress)
+        write_json_atomic(path, result)
+        return None
+
+    def _train(self, root: Path, model: str, out: Path, attention: dict[str, Any] | None = None) -> str | None:
+        from twinv2.train.run import train_one
+
+        if (out / "metrics.json").exists():
+            return "skipped"
+        r = train_one(Dataset(root), self.cfg.train_config(model, attention), out, progress=self.progress)
+        self._say(f"  {out.relative_to(self.out)}: AUC {r['auc_mean']:.4f} ± {r['auc_std']:.4f}, "
+                  f"GAUC {r['gauc_mean']:.4f} ± {r['gauc_std']:.4f}")
+        return None
+
+    def _report(self) -> None:
+        from twinv2.report import build_report, check_report
+
+        self._save()
+        build_report(self.out)
+        problems = check_report(self.out)
+        if problems:
+            raise ValueError("the report disagrees with the runs' metrics.json:\n  " + "\n  ".join(problems))
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True) -> Path:
+    """Run (or resume) the experiment `cfg` in `out`; returns the report's path."""
+    return Experiment(cfg, out, progress).run()
+
+
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
