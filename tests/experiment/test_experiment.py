@@ -88,7 +88,7 @@ def test_end_to_end_on_tiny(tmp_path, kuairand_dir):
     # Table 3: every model, with the numbers of its metrics.json
     for name in MODELS:
         m = json.loads((exp / "main" / "runs" / name / "metrics.json").read_text())
-        assert len(m["days"]) == 5
+        assert len(m["days"]) == 5 and m["item_init"] == "embeddings"
         assert f"{m['auc_mean']:.4f}" in md and f"{m['gauc_mean']:.4f}" in md, name
     for section in ("ablation/no_ln_gsu", "ablation/no_ln_esu", "ablation/no_ln_both"):
         assert (exp / "main" / section / "metrics.json").exists()
