@@ -101,15 +101,16 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 # Presets. Why these sizes: `demo` must compare all ten models, the ablations, a three-point sweep and KuaiRand
 # within 15 minutes on a 2-core machine, so its world is small (300 users x ~4k behaviours, 20k items) and
-# each day trains on a 3,000-sample subsample: its numbers show the pipeline, not settled conclusions.
+# each day trains on a 2,000-sample subsample (29 training runs in all): its numbers show the pipeline, not
+# settled conclusions.
 # `small` is the larger run (the `small` world: 2,000 users x 14.5k behaviours, 200k items) with
 # 10,000 training samples per day (of ~49,000); `paper` is paper-shaped (20,000 users) for a bigger box.
 _DEMO_WORLD = {"n_users": 300, "n_items": 20_000, "n_authors": 2_000, "length_mean": 4_000.0,
                "length_max": 30_000, "n_shards": 4}
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {"name": "demo", "world_preset": "small", "world": _DEMO_WORLD,
-             "train": {"max_train_per_day": 3_000}, "embed": {"max_pairs": 2_000_000},
-             "cluster_bench_users": 3, "sweep_world": {"n_users": 150}},
+             "train": {"max_train_per_day": 2_000}, "embed": {"max_pairs": 2_000_000},
+             "cluster_bench_users": 2, "sweep_world": {"n_users": 100}},
     "small": {"name": "small", "world_preset": "small", "train": {"max_train_per_day": 10_000},
               "cluster_bench_users": 5, "sweep_world": {"n_users": 300}},
     "paper": {"name": "paper", "world_preset": "paper", "cluster_bench_users": 50,
