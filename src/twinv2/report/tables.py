@@ -236,7 +236,7 @@ def cost(sec: Section, exp: Experiment) -> dict[str, Any]:
     models = [{**run_record(r, exp)} for r in sec.runs.values()]
     snaps = [snapshot_cost(path, m, sec, exp, RAW_ROW_BYTES, ROW_BYTES) for path, m in sec.snapshots]
     timings = exp.meta.get("timings") or {}
-    cluster_timings = {k: v for k, v in timings.items() if "cluster" in k.lower()}
+    cluster_timings = {k: v for k, v in timings.items() if k.lower().startswith("cluster")}  # not "train ../sim_cluster"
     beh_disk = None
     if sec.dataset is not None and (sec.dataset / "behaviours").is_dir():
         beh_disk = float(sum(p.stat().st_size for p in (sec.dataset / "behaviours").glob("part-*.parquet")))
