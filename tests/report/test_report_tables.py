@@ -165,6 +165,8 @@ def test_sweep_verdict_is_computed_from_the_gains():
     partly = {0.0: [0.005, 0.006, 0.0055], 0.5: [0.01, 0.012, 0.011], 1.0: [0.02, 0.02, 0.021]}
     assert sweep_verdict(_rows(partly), "gauc").startswith("GAUC: partly")
     assert "cannot judge" in sweep_verdict(_rows({0.5: [0.01, 0.02]}), "gauc")
+    noisy = {0.0: [-0.08, 0.05, -0.07], 0.5: [0.09, -0.04, 0.05], 1.0: [-0.05, 0.03, -0.04]}
+    assert sweep_verdict(_rows(noisy), "gauc").startswith("GAUC: inconclusive")
 
 
 def test_sweep_table(experiment, tables):

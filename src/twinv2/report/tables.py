@@ -347,6 +347,10 @@ def sweep_verdict(rows: list[dict[str, Any]], metric: str) -> str:
     mono = all(x <= y for x, y in itertools.pairwise(order))
     tail = (" The gain rises monotonically with far_past_signal." if mono and len(order) >= 3 else
             " The gain does not rise monotonically with far_past_signal." if len(order) >= 3 else "")
+    if zl and all(_zero_like(g) for _, g in others):
+        return (f"{name}: inconclusive: no far_past_signal value gives TWIN-V2 a gain distinguishable from zero "
+                f"({d0}{p0} at 0 vs {rest}), so this run cannot show whether the gain depends on the far "
+                f"past; more days, seeds or samples are needed.{tail}")
     if num(g0["mean_diff"]) < lowest and zl:
         return (f"{name}: yes, the gain shrinks toward zero when the far past carries no signal: {d0}{p0} at 0 "
                 f"(indistinguishable from zero) vs {rest}.{tail}")
