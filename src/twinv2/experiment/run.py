@@ -119,8 +119,9 @@ class Experiment:
                 self._say(f"  {name}: already complete, skipped")
             else:
                 self.record["timings"][name] = time.perf_counter() - t0
-            self.record["finished"] = _now() if name == "report" else None
-            self._save()
+            self._save()  # after every stage: the report (last) reads the timings from experiment.json
+        self.record["finished"] = _now()
+        self._save()
         report = self.out / "report" / "report.md"
         self._say(f"done in {time.perf_counter() - t_all:.0f} s; report: {report}")
         return report
@@ -196,7 +197,6 @@ class Experiment:
     def _report(self) -> None:
         from twinv2.report import build_report, check_report
 
-        self._save()
         build_report(self.out)
         problems = check_report(self.out)
         if problems:

@@ -35,6 +35,7 @@ from twinv2.models.embeddings import ItemVocab
 from twinv2.schema import MAX_TS_MS, MIN_TS_MS
 from twinv2.serve.projections import ModelVersion, ProjectionCache
 from twinv2.serve.store import ClusterStore, UserClusters
+from twinv2.train.batching import latest_by_time
 from twinv2.train.features import age_bucket
 
 
@@ -55,7 +56,7 @@ def cluster_inputs(uc: UserClusters, ts: int, vocab: ItemVocab, seq_len: int) ->
     """The batcher's inputs for one user (train/batching.py): rows, (play, ratio, age) buckets and ln n."""
     item, cts, n, play, ratio = uc.item_id, uc.ts, uc.n, uc.play, uc.ratio
     if uc.size > seq_len:  # Batcher._positions: the seq_len latest by mean time, kept in stored order
-        keep = np.sort(np.argsort(cts, kind="stable")[-seq_len:])
+        keep = latest_by_time(cts, seq_len)
         item, cts, n, play, ratio = item[keep], cts[keep], n[keep], play[keep], ratio[keep]
     cross = np.empty((len(item), 3), np.int64)
     cross[:, 0] = play

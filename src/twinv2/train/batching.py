@@ -138,6 +138,11 @@ class Batcher:
         pos = np.where(pos >= start[:, None], pos, col.sentinel)
         if self.sequence == "clusters":
             for i in np.flatnonzero(end - start > L):
-                a, e = start[i], end[i]
-                pos[i] = a + np.sort(np.argsort(col.ts[a:e], kind="stable")[-L:])
+                pos[i] = start[i] + latest_by_time(col.ts[start[i]:end[i]], L)
         return pos
+
+
+def latest_by_time(ts: np.ndarray, L: int) -> np.ndarray:
+    """Positions of the L elements with the latest `ts`, in stored order (ties: the later stored one wins).
+    The rule for a user with more clusters than the model reads; serving (serve/scorer.py) uses it too."""
+    return np.sort(np.argsort(ts, kind="stable")[-L:])
