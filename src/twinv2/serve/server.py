@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -40,6 +42,11 @@ def _server(app: Any, log_level: str):
 def serve_forever(app: Any, host: str = "127.0.0.1", port: int = 8000, port_file: str | Path | None = None,
                   log_level: str = "warning") -> None:
     """Serve until SIGINT/SIGTERM. `port_file` receives the bound port (useful with port 0) once listening."""
+    if hasattr(signal, "SIGPIPE"):
+        # The CLI restores SIGPIPE's default (terminate) so `twinv2 stats | head` ends quietly; a server must
+        # not inherit it: one client closing its socket before the answer would kill the process (issue 14).
+        # Ignored, a write to a closed socket raises an OSError that uvicorn handles per connection.
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     server = _server(app, log_level)
@@ -81,16 +88,22 @@ class BackgroundServer:
         self.sock.close()
 
 
+def cli_command() -> list[str]:
+    """How a user starts the CLI: the `twinv2` script installed beside this interpreter, else its module."""
+    script = shutil.which("twinv2", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "twinv2.cli"]
+
+
 class ServerProcess:
-    """`python -m twinv2.serve serve ARGS` as a child process on 127.0.0.1 and a free port; `stop()` ends it
-    (SIGTERM, then SIGKILL after `grace` seconds)."""
+    """`twinv2 serve ARGS` (the way a user starts it, through the full CLI) as a child process on 127.0.0.1 and
+    a free port; `stop()` ends it (SIGTERM, then SIGKILL after `grace` seconds)."""
 
     def __init__(self, args: list[str], host: str = "127.0.0.1", start_timeout: float = 120.0,
                  env: dict[str, str] | None = None) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="twinv2-serve-")
         self.port_file = Path(self._dir.name) / "port.json"
         self.log = open(Path(self._dir.name) / "server.log", "w+")
-        cmd = [sys.executable, "-m", "twinv2.serve", "serve", *args, "--host", host, "--port", "0",
+        cmd = [*cli_command(), "serve", *args, "--host", host, "--port", "0",
                "--port-file", str(self.port_file)]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
