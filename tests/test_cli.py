@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from twinv2.cli import _parse_overrides, build_parser, main, parse_time
+from twinv2.cli import build_parser, main, parse_time
+from twinv2.config import from_dict, parse_overrides, to_dict
 
 
 def test_parse_time_forms():
@@ -21,9 +22,102 @@ def test_parse_time_forms():
 
 
 def test_overrides_are_yaml_scalars():
-    assert _parse_overrides(["a=0.5", "b=10", "c=true", "d=[1, 2]"]) == {"a": 0.5, "b": 10, "c": True, "d": [1, 2]}
+    assert parse_overrides(["a=0.5", "b=10", "c=true", "d=[1, 2]"]) == {"a": 0.5, "b": 10, "c": True, "d": [1, 2]}
     with pytest.raises(ValueError, match="--set expects key=value, got 'oops'"):
-        _parse_overrides(["oops"])
+        parse_overrides(["oops"])
+    with pytest.raises(ValueError, match="cannot read the value as YAML"):
+        parse_overrides(["a=[1,"])
+
+
+def test_dotted_overrides_nest_and_merge():
+    got = parse_overrides(["model_cfg.eta.n_bits=16", "model_cfg.dim=24", "model_cfg.eta.lsh_seed=3", "lr=0.1"])
+    assert got == {"model_cfg": {"eta": {"n_bits": 16, "lsh_seed": 3}, "dim": 24}, "lr": 0.1}
+    with pytest.raises(ValueError, match="'lr' was already set"):
+        parse_overrides(["lr=0.1", "lr.x=2"])
+
+
+# ---- configs: every model hyper-parameter, unknown keys, bad values --------------------------------------------
+def test_every_model_hyper_parameter_is_reachable_from_a_config_and_round_trips():
+    from twinv2.train.trainer import TrainConfig
+
+    data = {"model": "sdim", "model_cfg": {"dim": 16, "attention": {"dim": 16}, "eta": {"n_bits": 7},
+                                           "sdim": {"n_hashes": 5, "n_bits": 2}, "sim_cluster": {"n_clusters": 9},
+                                           "sim_cluster_plus": {"kmeans_iter": 3}}}
+    cfg = from_dict(TrainConfig, data)
+    m = cfg.model_cfg
+    assert (m.eta.n_bits, m.sdim.n_hashes, m.sdim.n_bits, m.sim_cluster.n_clusters) == (7, 5, 2, 9)
+    assert (m.sim_cluster_plus.n_clusters, m.sim_cluster_plus.kmeans_iter) == (10_000, 3)  # the rest: defaults
+    assert from_dict(TrainConfig, to_dict(cfg)) == cfg  # what a checkpoint stores rebuilds the same config
+
+
+def test_a_configured_hyper_parameter_reaches_the_model():
+    import numpy as np
+
+    from twinv2.models.frame import ItemTables
+    from twinv2.models.registry import build_model
+    from twinv2.train.trainer import TrainConfig
+
+    cfg = from_dict(TrainConfig, parse_overrides(["model=sdim", "model_cfg.sdim.n_hashes=5",
+                                                  "model_cfg.sdim.n_bits=2", "model_cfg.dim=24",
+                                                  "model_cfg.attention.dim=24"]))
+    z = np.zeros(11, np.int64)
+    tables = ItemTables(author_of=z, tag_of=z, dur_of=z, n_authors=3, n_tags=4, n_dur=5)
+    model = build_model("sdim", tables, cfg.model_cfg, [3, 6])
+    assert model.lsh.shape == (24, 5 * 2)
+
+
+@pytest.mark.parametrize("pairs, message", [
+    (["bach_size=3"], r"unknown key\(s\) \['bach_size'\]; valid keys are \[.*'batch_size'"),
+    (["model_cfg.eta.nbits=3"], r"model_cfg.eta: unknown key\(s\) \['nbits'\]; valid keys are \['lsh_seed', 'n_bits'\]"),
+    (["batch_size=abc"], r"batch_size: expected int, got 'abc'"),
+    (["lr=true"], r"lr: expected float, got True"),
+    (["model_cfg=3"], r"model_cfg: expected a mapping of ModelConfig fields, got 3"),
+    (["model_cfg.mlp=[8, x]"], r"model_cfg.mlp\[1\]: expected int, got 'x'"),
+    (["model_cfg.sdim.n_bits=9"], r"n_bits=9"),
+    (["model=nope"], r"unknown model 'nope'"),
+])
+def test_a_bad_set_is_one_line_and_exit_2(pairs, message, capsys, tmp_path):
+    import re
+
+    argv = ["train", str(tmp_path / "never-read")]
+    for p in pairs:
+        argv += ["--set", p]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twinv2: error:") and err.count("\n") == 1 and re.search(message, err), err
+
+
+def test_lr_in_exponent_form_reads_as_a_float():
+    from twinv2.train.trainer import TrainConfig
+
+    assert from_dict(TrainConfig, parse_overrides(["lr=1e-3"])).lr == 1e-3  # YAML 1.1 gives the string '1e-3'
+
+
+def test_set_applies_on_top_of_config(tmp_path, monkeypatch):
+    import twinv2.data.generate as generate
+    import twinv2.data.storage as storage
+    import twinv2.train.run as run
+
+    seen = {}
+    monkeypatch.setattr(run, "train_one", lambda ds, cfg, out, **kw: seen.setdefault("train", cfg) and {
+        "auc_mean": 0.5, "auc_std": 0.0, "gauc_mean": 0.5, "gauc_std": 0.0})
+    monkeypatch.setattr(storage, "Dataset", lambda root: type("D", (), {"root": tmp_path})())
+    monkeypatch.setattr(generate, "generate_world", lambda cfg, out, **kw: seen.setdefault("world", cfg) and out)
+    train_yaml = tmp_path / "train.yaml"
+    train_yaml.write_text("model: eta\nlr: 0.5\nmodel_cfg: {eta: {n_bits: 8, lsh_seed: 5}}\n")
+    assert main(["train", "d", "--config", str(train_yaml), "--set", "model_cfg.eta.n_bits=12",
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    cfg = seen["train"]
+    assert (cfg.model, cfg.lr, cfg.model_cfg.eta.n_bits, cfg.model_cfg.eta.lsh_seed) == ("eta", 0.5, 12, 5)
+    assert main(["train", "d", "--config", str(train_yaml), "--model", "din", "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 0  # a flag wins too
+    world_yaml = tmp_path / "world.yaml"
+    world_yaml.write_text("name: mine\nn_users: 40\nseed: 3\n")
+    assert main(["generate", "--config", str(world_yaml), "--set", "n_items=54321", "--seed", "9",
+                 "--out", str(tmp_path / "w"), "--quiet"]) == 0
+    w = seen["world"]
+    assert (w.name, w.n_users, w.n_items, w.seed) == ("mine", 40, 54321, 9)
+    assert main(["generate", "--config", str(world_yaml), "--set", "n_itemz=1"]) == 2
 
 
 def test_every_subcommand_parses():

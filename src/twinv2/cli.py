@@ -15,22 +15,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from twinv2.schema import DataError
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "kuairand"
 
 
-def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`--set key=value` pairs; values are parsed as YAML scalars (so 0.5, 10, true, [1, 2] work)."""
-    out: dict[str, Any] = {}
-    for p in pairs or []:
-        if "=" not in p:
-            raise ValueError(f"--set expects key=value, got {p!r}")
-        k, v = p.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+def _config(cls: type, path: str | None, pairs: list[str] | None, **flags: Any) -> Any:
+    """`cls` from the YAML file `path` (or the defaults), then `--set` pairs on top, then the command's own
+    flags (those not None) on top of that. Unknown keys and bad values are a ValueError naming them."""
+    from twinv2.config import from_dict, load_yaml, merge, parse_overrides
+
+    overrides = merge(parse_overrides(pairs), {k: v for k, v in flags.items() if v is not None})
+    if path:
+        return load_yaml(cls, path, overrides)
+    return from_dict(cls, overrides, where=cls.__name__)
 
 
 def parse_time(value: str, dataset: Path | None = None) -> int:
@@ -61,20 +59,14 @@ def parse_time(value: str, dataset: Path | None = None) -> int:
 
 # ---- subcommands ---------------------------------------------------------------------------------------
 def cmd_generate(a: argparse.Namespace) -> int:
-    from twinv2.config import load_yaml
+    from twinv2.config import merge, parse_overrides
     from twinv2.data.generate import WorldConfig, generate_world, preset
 
-    overrides = _parse_overrides(a.set)
-    if a.seed is not None:
-        overrides["seed"] = a.seed
-    if a.users is not None:
-        overrides["n_users"] = a.users
     if a.config:
-        import dataclasses
-
-        cfg = dataclasses.replace(load_yaml(WorldConfig, a.config), **overrides)
+        cfg = _config(WorldConfig, a.config, a.set, seed=a.seed, n_users=a.users)
     else:
-        cfg = preset(a.preset, **overrides)
+        flags = {k: v for k, v in (("seed", a.seed), ("n_users", a.users)) if v is not None}
+        cfg = preset(a.preset, **merge(parse_overrides(a.set), flags))
     out = Path(a.out or f"data/{a.preset}")
     root = generate_world(cfg, out, overwrite=a.overwrite, workers=a.workers, progress=not a.quiet)
     print(f"wrote dataset to {root}")
@@ -111,24 +103,18 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
 
 def cmd_embed(a: argparse.Namespace) -> int:
-    from twinv2.config import from_dict, load_yaml
     from twinv2.offline.embed import EmbedConfig, embed
 
-    cfg = load_yaml(EmbedConfig, a.config) if a.config else from_dict(EmbedConfig, _parse_overrides(a.set))
+    cfg = _config(EmbedConfig, a.config, a.set)
     embed(a.dataset, a.out, cfg, embeddings_file=a.embeddings)  # prints where it wrote, with counts
     return 0
 
 
 def cmd_cluster(a: argparse.Namespace) -> int:
-    import dataclasses
-
-    from twinv2.config import from_dict, load_yaml
     from twinv2.offline.job import ClusterJobConfig, run_cluster_job
 
-    cfg = load_yaml(ClusterJobConfig, a.config) if a.config else from_dict(ClusterJobConfig, _parse_overrides(a.set))
-    changes = {k: v for k, v in (("engine", a.engine), ("workers", a.workers), ("scheduler", a.scheduler),
-                                 ("variant", a.variant)) if v is not None}
-    cfg = dataclasses.replace(cfg, **changes)
+    cfg = _config(ClusterJobConfig, a.config, a.set, engine=a.engine, workers=a.workers, scheduler=a.scheduler,
+                  variant=a.variant)
     snapshot = parse_time(a.snapshot_before, Path(a.dataset))
     embeddings = a.embeddings or str(Path(a.dataset) / "embeddings" / "item_embeddings.parquet")
     if not Path(embeddings).exists():
@@ -141,12 +127,11 @@ def cmd_cluster(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from twinv2.config import from_dict
     from twinv2.data.storage import Dataset
     from twinv2.train.run import train_one
     from twinv2.train.trainer import TrainConfig
 
-    cfg = from_dict(TrainConfig, {"model": a.model, **_parse_overrides(a.set)})
+    cfg = _config(TrainConfig, a.config, a.set, model=a.model)
     ds = Dataset(a.dataset)
     out = Path(a.out or f"runs/{ds.root.name}-{cfg.model}")
     result = train_one(ds, cfg, out, snapshots=a.snapshot or None, embeddings=a.embeddings, progress=not a.quiet)
@@ -162,7 +147,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
         result = bench_generate(a.preset, out=Path(a.out) if a.out else None, workers=a.workers)
     elif a.what == "cluster":
-        from twinv2.bench.cluster import bench_cluster, format_bench
+        from twinv2.offline.table4 import bench_cluster, format_bench
 
         result = bench_cluster(a.dataset, a.embeddings, n_users=a.users, big_user=not a.no_big_user)
         print(format_bench(result))
@@ -171,7 +156,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
         result = bench_train(steps=a.steps)
     elif a.what == "serve":
-        from twinv2.serve.commands import bench_serve
+        from twinv2.bench.serve import bench_serve
 
         result = bench_serve(**vars(a))
     else:  # pragma: no cover - argparse restricts choices
@@ -231,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate a world with known ground truth")
     g.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
     g.add_argument("--config", help="YAML file of WorldConfig fields (instead of a preset)")
-    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a WorldConfig field")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a WorldConfig field (on top of "
+                   "--config or the preset)")
     g.add_argument("--seed", type=int)
     g.add_argument("--users", type=int, help="number of users (overrides the preset)")
     g.add_argument("--out", help="dataset directory (default: data/<preset>)")
@@ -261,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="output table (default: DATASET/embeddings/item_embeddings.parquet)")
     e.add_argument("--embeddings", help="use this externally supplied table instead of training")
     e.add_argument("--config", help="YAML of EmbedConfig fields")
-    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an EmbedConfig field")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an EmbedConfig field "
+                   "(on top of --config)")
     e.set_defaults(func=cmd_embed)
 
     c = sub.add_parser("cluster", help="compress each user's life cycle into virtual items (Algorithm 1)")
@@ -276,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--refresh-from", metavar="SNAPSHOT", help="re-cluster only users changed since this snapshot")
     c.add_argument("--out", help="snapshot folder (default: DATASET/clusters/before-<ts>)")
     c.add_argument("--config", help="YAML of ClusterJobConfig fields")
-    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a ClusterJobConfig field")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a ClusterJobConfig field "
+                   "(on top of --config)")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_cluster)
 
@@ -295,12 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train and evaluate one model with the streaming five-day protocol")
     t.add_argument("dataset")
-    t.add_argument("--model", default="twin_v2", help="a registered model name (see --list)")
+    t.add_argument("--model", help="a registered model name (default: twin_v2, or the --config file's)")
     t.add_argument("--snapshot", action="append", default=[], help="cluster snapshot folder(s); default: all "
                    "complete snapshots under DATASET/clusters")
     t.add_argument("--embeddings", help="item embeddings for SIM Cluster(+) (default: DATASET/embeddings/...)")
     t.add_argument("--out", help="run folder (default: runs/<dataset>-<model>)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field")
+    t.add_argument("--config", help="YAML of TrainConfig fields (model_cfg: {...} holds every model "
+                                    "hyper-parameter)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a TrainConfig field, on top of --config; dotted keys reach nested ones, "
+                        "e.g. model_cfg.eta.n_bits=32")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -321,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 
-    from twinv2.serve.commands import add_bench_args, register
+    from twinv2.bench.serve import add_bench_args
+    from twinv2.serve.commands import register
 
     register(sub)  # `twinv2 serve`, `twinv2 nearline`
     add_bench_args(b)  # `twinv2 bench serve` flags

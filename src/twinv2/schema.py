@@ -104,6 +104,31 @@ USERS = TableSpec(
 
 SPECS = {s.name: s for s in (BEHAVIOURS, ITEMS, SAMPLES, USERS)}
 
+# Bytes of one stored behaviour row (the five required int64 columns): what a cluster replaces.
+BEHAVIOUR_ROW_BYTES = sum(np.dtype(c.dtype).itemsize for c in BEHAVIOURS.columns)
+
+# A cluster snapshot (offline/store.py), written by the offline job and read by training and serving.
+# One row per cluster (virtual item, Eq. 5-7). `user_n` / `user_last_ts` repeat the user's history
+# fingerprint on each of their rows: a later snapshot compares them to decide whether the user changed.
+CLUSTER_COLUMNS: dict[str, str] = {
+    "user_id": "int64",
+    "cluster": "int32",  # 0..C-1 within the user: by completion group, then Algorithm 1's queue order
+    "n": "int32",  # cluster size n_i (used as ln n in attention, Eq. 9)
+    "group": "int8",  # completion-ratio group; len(edges)+1 = unknown ratio
+    "item_id": "int64",  # Eq. 6-7: categorical features of the member nearest the centroid
+    "author_id": "int64",
+    "tag": "int64",
+    "duration_ms": "float32",  # Eq. 5: means over members with a known value (NaN if none)
+    "play_ms": "float32",
+    "ratio": "float32",  # mean completion ratio; NaN in the unknown-ratio group
+    "ts": "float64",  # mean behaviour time (float64: epoch ms do not fit float32)
+    "user_n": "int64",  # behaviours of the user before the snapshot (T)
+    "user_last_ts": "int64",  # time of the user's last behaviour before the snapshot
+}
+# Bytes of one virtual item as the model reads it (everything but the per-user fingerprint columns).
+CLUSTER_ROW_BYTES = sum(np.dtype(v).itemsize for k, v in CLUSTER_COLUMNS.items()
+                        if not k.startswith("user_") or k == "user_id")
+
 
 def completion_ratio(play_ms: np.ndarray, duration_ms: np.ndarray) -> np.ndarray:
     """p = play / duration as float32; NaN where the duration is unknown/zero or the play time unknown."""

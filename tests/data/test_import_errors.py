@@ -108,7 +108,7 @@ def test_malformed_yaml(tmp_path):
     ({"inputs": ["log.csv"], "columns": COLUMNS, "split": {"history": "liked == 1"}},
      r"log\.csv: required column\(s\) \['liked'\] missing"),
     ({"inputs": ["log.csv"], "columns": COLUMNS, "cross_features": ["label"]}, "feature 'label' has the name"),
-    ({"inputs": ["log.csv"], "columns": COLUMNS, "cross_features": "watch"}, "'cross_features' must be a list"),
+    ({"inputs": ["log.csv"], "columns": COLUMNS, "cross_features": "watch"}, "cross_features: expected a list of str, got 'watch'"),
 ])
 def test_bad_mapping_values(tmp_path, body, message):
     with pytest.raises(ValueError, match=message):

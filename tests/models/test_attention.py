@@ -132,3 +132,32 @@ def test_gsu_chunking_does_not_change_choice():
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="AttentionConfig.top_k must be >= 1, got 0"):
         AttentionConfig(top_k=0)
+
+
+def test_gsu_ties_go_to_the_later_position():
+    """The GSU keeps exact ties deterministically (search.topk_exact): the later, more recent, position."""
+    attn = make(top_k=2)
+    t, items, cross, n, mask = inputs(seed=9)
+    items[:] = items[:, :1]  # every position the same element: all scores tie
+    cross[:] = cross[:, :1]
+    n[:] = 3.0
+    _, idx, valid = run(attn, t, items, cross, n, mask)
+    assert idx.tolist() == [[L - 1, L - 2]] * B and valid.all()
+
+
+@pytest.mark.parametrize("k", [1, 5, 40, 57, 60])
+def test_topk_exact_equals_brute_force_with_many_ties(k):
+    """Scores on a coarse grid (ties everywhere, also across the k-th value), padding, -0.0 and +0.0."""
+    from twinv2.models.search import topk_exact
+
+    g = torch.Generator().manual_seed(11)
+    score = torch.randint(-3, 4, (B, 57), generator=g).float() / 2  # (B, 57)
+    score[0, :10] = -0.0
+    mask = torch.rand(B, 57, generator=g) > 0.2
+    mask[1] = False
+    idx, valid = topk_exact(score, mask, k)
+    for b in range(B):
+        want = sorted((p for p in range(57) if mask[b, p]), key=lambda p: (-float(score[b, p]), -p))[:k]
+        assert idx[b][valid[b]].tolist() == want
+    idx_all, valid_all = topk_exact(score, None, k)
+    assert valid_all.all() and idx_all[2].tolist() == sorted(range(57), key=lambda p: (-float(score[2, p]), -p))[:k]

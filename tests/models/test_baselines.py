@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,8 @@ from twinv2.models.avg_pooling import AvgPooling
 from twinv2.models.batch import Batch, Seq
 from twinv2.models.din import DIN
 from twinv2.models.eta import ETA
-from twinv2.models.frame import ItemTables, ModelConfig
+from twinv2.models.frame import (ETAConfig, ItemTables, ModelConfig, SDIMConfig, SIMClusterConfig,
+                                 SIMClusterPlusConfig)
 from twinv2.models.registry import build_model
 from twinv2.models.sdim import SDIM
 from twinv2.models.sim_cluster import SIMCluster, SIMClusterPlus
@@ -47,9 +50,9 @@ TABLES = make_tables()
 VECTORS = np.random.default_rng(1).standard_normal((I, 24)).astype(np.float32)  # offline K_s, own dim
 
 
-def build(cls, seed: int = 0):
+def build(cls, seed: int = 0, cfg: ModelConfig = CFG):
     torch.manual_seed(seed)
-    model = cls(TABLES, CFG, BUCKETS)
+    model = cls(TABLES, cfg, BUCKETS)
     if getattr(cls, "needs_item_vectors", False):
         model.prepare(VECTORS)
     return model
@@ -222,8 +225,7 @@ def test_topk_exact_breaks_only_exact_ties_towards_recency():
 
 @pytest.mark.parametrize("n_bits", [64, 13])
 def test_eta_topk_equals_brute_force_hamming_ranking(n_bits):
-    cls = type("ETAm", (ETA,), {"n_bits": n_bits})
-    model = build(cls)
+    model = build(ETA, cfg=replace(CFG, eta=ETAConfig(n_bits=n_bits)))
     assert model.lsh.shape == (D, n_bits)
     batch = make_batch(seed=11)
     with torch.no_grad():
@@ -245,7 +247,7 @@ def test_eta_hyperplanes_ignore_the_global_seed_and_live_in_the_checkpoint():
 
 def test_sim_cluster_with_at_least_as_many_clusters_as_items_keeps_only_the_same_item():
     model = build(SIMCluster)
-    assert SIMCluster.n_clusters >= I
+    assert CFG.sim_cluster.n_clusters >= I
     assert model.cluster_of[0] == -1 and len(set(model.cluster_of[1:].tolist())) == I - 1
     batch = make_batch(seed=12)
     idx, valid = gsu(model, batch)
@@ -256,18 +258,18 @@ def test_sim_cluster_with_at_least_as_many_clusters_as_items_keeps_only_the_same
 
 
 def test_sim_cluster_kmeans_labels_items_by_row_and_gsu_keeps_the_targets_cluster():
-    few = type("SIMCluster5", (SIMCluster,), {"n_clusters": 5})
+    cfg5 = replace(CFG, sim_cluster=SIMClusterConfig(n_clusters=5))
     vectors = VECTORS.copy()
     twin = torch.randperm(36, generator=torch.Generator().manual_seed(0)).numpy() + 1
     first, second = twin[:18], twin[18:]
     vectors[second] = vectors[first]  # rows first[i] and second[i] hold the same item vector: same cluster
     vectors[0] = 1e3  # row 0 (unknown) is far away and must be ignored
     torch.manual_seed(0)
-    model = few(TABLES, CFG, BUCKETS).prepare(vectors)
+    model = SIMCluster(TABLES, cfg5, BUCKETS).prepare(vectors)
     labels = model.cluster_of.numpy()
     assert labels[0] == -1 and set(labels[1:]) == set(range(5))
     assert np.array_equal(labels[first], labels[second])
-    again = few(TABLES, CFG, BUCKETS).prepare(vectors)
+    again = SIMCluster(TABLES, cfg5, BUCKETS).prepare(vectors)
     assert torch.equal(model.cluster_of, again.cluster_of)
     batch = make_batch(seed=13)
     batch.target[1] = 0  # an unknown target has no cluster, not the unknown behaviours' one
@@ -278,6 +280,23 @@ def test_sim_cluster_kmeans_labels_items_by_row_and_gsu_keeps_the_targets_cluste
         c = labels[batch.target[b]]
         same = [p for p in range(L) if batch.seq.mask[b, p] and labels[batch.seq.rows[b, p]] == c and c >= 0]
         assert picks(idx, valid, b) == latest(same)
+
+
+def test_sim_cluster_and_plus_read_their_own_cluster_count_from_the_config():
+    assert (CFG.sim_cluster.n_clusters, CFG.sim_cluster_plus.n_clusters) == (1_000, 10_000)  # paper §4.1
+    cfg = replace(CFG, sim_cluster=SIMClusterConfig(n_clusters=3), sim_cluster_plus=SIMClusterPlusConfig(n_clusters=6))
+    for cls, k in ((SIMCluster, 3), (SIMClusterPlus, 6)):
+        labels = build(cls, cfg=cfg).cluster_of.numpy()
+        assert set(labels[1:]) == set(range(k)), cls
+
+
+def test_model_hyper_parameters_are_checked_when_configured():
+    with pytest.raises(ValueError, match="n_bits"):
+        ETAConfig(n_bits=0)
+    with pytest.raises(ValueError, match="n_bits=9"):
+        SDIMConfig(n_bits=9)
+    with pytest.raises(ValueError, match="n_clusters=0"):
+        SIMClusterConfig(n_clusters=0)
 
 
 def test_sim_cluster_rejects_bad_vectors_and_an_unprepared_model():
@@ -319,8 +338,7 @@ def test_unique_item_and_gather_paths_equal_the_every_item_matmul_path(cls, monk
 # ---- SDIM --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n_hashes, n_bits", [(48, 3), (5, 2)])
 def test_sdim_equals_a_per_sample_per_hash_loop(n_hashes, n_bits):
-    cls = type("SDIMm", (SDIM,), {"n_hashes": n_hashes, "n_bits": n_bits})
-    model = build(cls)
+    model = build(SDIM, cfg=replace(CFG, sdim=SDIMConfig(n_hashes=n_hashes, n_bits=n_bits)))
     batch = make_batch(seed=14)
     target = model.items(batch.target)
     out = model.long_term(batch, target)

@@ -19,7 +19,8 @@ def tiny_checkpoint(tiny_world, tiny_snapshot, tmp_path_factory) -> Path:
     """twin_v2 trained on 300 samples of the first evaluation day (enough to move every weight)."""
     from twinv2.data.storage import Dataset
     from twinv2.offline.store import ClusterSnapshot
-    from twinv2.train.trainer import StreamingTrainer, TrainConfig, save_checkpoint
+    from twinv2.train.checkpoint import save_checkpoint
+    from twinv2.train.trainer import StreamingTrainer, TrainConfig
 
     ds = Dataset(tiny_world)
     t = StreamingTrainer(ds, TrainConfig(model="twin_v2", batch_size=64), [ClusterSnapshot(tiny_snapshot)],
@@ -62,7 +63,7 @@ def _perturbed(src, dst, scale=0.3, seed=1):
     """A copy of checkpoint `src` with every weight moved, as a newer nearline checkpoint's would be."""
     import torch
 
-    from twinv2.train.trainer import load_checkpoint
+    from twinv2.train.checkpoint import load_checkpoint
 
     ck = load_checkpoint(src)
     g = torch.Generator().manual_seed(seed)

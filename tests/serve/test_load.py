@@ -10,7 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-from twinv2.serve.commands import add_bench_args, bench_serve, register
+from twinv2.bench.serve import add_bench_args, bench_serve
+from twinv2.serve.commands import register
 from twinv2.serve.loadtest import run_load
 from twinv2.serve.server import ServerProcess
 

@@ -18,7 +18,7 @@ from twinv2.offline.store import ClusterSnapshot
 from twinv2.serve.nearline import NearlineConfig, run_nearline
 from twinv2.serve.projections import ProjectionCache, load_model_version
 from twinv2.serve.store import ClusterStore
-from twinv2.train.trainer import load_checkpoint
+from twinv2.train.checkpoint import load_checkpoint
 
 MIN = 60_000
 

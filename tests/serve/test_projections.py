@@ -20,21 +20,25 @@ from twinv2.serve.projections import (
 )
 from twinv2.serve.scorer import Scorer
 from twinv2.serve.store import ClusterStore
-from twinv2.train.trainer import load_checkpoint
 
 
 def test_cache_holds_the_models_projections(tiny_checkpoint):
     mv = load_model_version(tiny_checkpoint)
-    attn = mv.model.attn
+    attn, c = mv.model.attn, mv.cache
+    E = attn.cfg.cross_dim
     with torch.no_grad():
-        items = mv.model.items.every_item()
-        torch.testing.assert_close(mv.items, items)
-        torch.testing.assert_close(mv.keys, attn.keys(items))
-        torch.testing.assert_close(mv.values, attn.w_v(items).view(-1, mv.heads, mv.head_dim))
-        for j, t in enumerate(attn.cross_scalars()):
-            torch.testing.assert_close(mv.cross_attn[j], t)
-            torch.testing.assert_close(mv.cross_gsu[j], t.mean(-1))
-    assert mv.keys.shape == (mv.model.items.n_items, 4, 16) and mv.version.startswith("twin_v2-")
+        items = mv.model.items(torch.arange(mv.model.items.n_items))  # the offline lookup, row by row
+        torch.testing.assert_close(c.items, items)
+        torch.testing.assert_close(c.keys, attn.w_h(items).view(-1, c.heads, c.head_dim))
+        torch.testing.assert_close(c.values, attn.w_v(items).view(-1, c.heads, c.head_dim))
+        for j, (emb, t) in enumerate(zip(attn.cross, attn.cross_scalars())):
+            torch.testing.assert_close(c.cross_attn[j], t)
+            torch.testing.assert_close(c.cross_gsu[j], t.mean(-1))
+            # W^v_c on [K_c] with only feature j's embedding non-zero: its share of the cross values.
+            only_j = torch.zeros(emb.num_embeddings, attn.n_cross * E)
+            only_j[:, j * E:(j + 1) * E] = emb.weight
+            torch.testing.assert_close(c.cross_value[j], attn.w_vc(only_j))
+    assert c.keys.shape == (mv.model.items.n_items, 4, 16) and mv.version.startswith("twin_v2-")
     assert mv.info["day"] == 0 and not mv.model.training
 
 
@@ -58,16 +62,27 @@ def test_sources_files_run_folders_and_latest_pointers(tiny_checkpoint, tmp_path
         load_model_version(bad)
 
 
-def test_only_twin_v2_checkpoints_are_served(tmp_path):
-    from twinv2.serve.synthetic import synthetic_checkpoint
+def test_only_cluster_attention_checkpoints_are_served(tmp_path, tiny_checkpoint):
+    from twinv2.models.registry import build_model
+    from twinv2.train.checkpoint import load_model, save_checkpoint
+    from twinv2.train.trainer import TrainConfig
 
-    path = synthetic_checkpoint(tmp_path / "c.pt", 50)
-    ck = load_checkpoint(path)
-    ck["model"] = "din"
-    ck["config"]["model"] = "din"
-    torch.save(ck, path)
-    with pytest.raises((ValueError, RuntimeError)):
-        load_model_version(path)
+    model, vocab, _ = load_model(tiny_checkpoint)
+    for name in ("twin", "din"):  # raw behaviours (no online store for them) and a model without model.score
+        other = build_model(name, _tables(model), model.cfg, model.cross_buckets)
+        path = tmp_path / f"{name}.pt"
+        save_checkpoint(path, other, TrainConfig(model=name, model_cfg=model.cfg), vocab, {})
+        with pytest.raises(ValueError, match=f"model '{name}' is not served"):
+            load_model_version(path)
+
+
+def _tables(model):
+    from twinv2.models.frame import ItemTables
+
+    it = model.items
+    return ItemTables(author_of=it.author_of.numpy(), tag_of=it.tag_of.numpy(), dur_of=it.dur_of.numpy(),
+                      n_authors=it.emb.author.num_embeddings, n_tags=it.emb.tag.num_embeddings,
+                      n_dur=it.dur.num_embeddings)
 
 
 def test_refresh_swaps_to_a_newer_checkpoint_and_survives_a_bad_one(tiny_checkpoint, tmp_path, perturbed):

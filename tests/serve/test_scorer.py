@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from twinv2.data.storage import Dataset, EvalDay
+from twinv2.models import serving
 from twinv2.models.frame import ModelConfig
 from twinv2.offline.store import ClusterSnapshot
 from twinv2.serve.projections import ProjectionCache
@@ -38,11 +39,9 @@ def offline_logits(model, batcher, users, items, ts) -> np.ndarray:
 @pytest.mark.parametrize("esu", ["dense", "gather"])
 def test_online_equals_offline_across_users(tiny_world, tiny_snapshot, scorer, request_ts, known_items, esu,
                                             monkeypatch):
-    import twinv2.serve.scorer as scorer_module
-
     if esu == "gather":  # the path for requests whose kept clusters hardly overlap
-        monkeypatch.setattr(scorer_module, "DENSE_UNION_MIN", 0)
-        monkeypatch.setattr(scorer_module, "DENSE_UNION_FRACTION", 0.0)
+        monkeypatch.setattr(serving, "DENSE_UNION_MIN", 0)
+        monkeypatch.setattr(serving, "DENSE_UNION_FRACTION", 0.0)
     ds = Dataset(tiny_world)
     mv = scorer.cache.current
     batcher = Batcher(ds, item_tables(ds)[0], "clusters", mv.seq_len)
@@ -120,7 +119,7 @@ def test_users_beyond_seq_len_keep_their_latest_clusters_as_offline(tmp_path):
     store.load_snapshot(snap)
     scorer = Scorer(ProjectionCache(ckpt), store)
     mv = scorer.cache.current
-    assert mv.seq_len == 50 and mv.heads == 3 and mv.head_dim == 8
+    assert mv.seq_len == 50 and mv.cache.heads == 3 and mv.cache.head_dim == 8
 
     class _DS:  # the one attribute the clusters batcher reads
         n_shards = 2
@@ -136,20 +135,53 @@ def test_users_beyond_seq_len_keep_their_latest_clusters_as_offline(tmp_path):
         assert cluster_inputs(store.get(u), ts, mv.vocab, mv.seq_len).size == min(50, store.get(u).size)
 
 
-@pytest.mark.parametrize("k", [1, 4, 10, 56, 57, 60])
-def test_top_clusters_is_an_exact_top_k_with_ties(k):
-    from twinv2.serve.scorer import top_clusters
+@pytest.mark.parametrize("name", ["twin", "twin_v2"])
+@pytest.mark.parametrize("esu", ["dense", "gather"])
+def test_model_score_equals_forward_for_every_servable_model_with_user_features(name, esu, monkeypatch):
+    """model.score (the serving path) against model.forward on the same padded batch, with user features,
+    ties in the GSU (repeated elements), unknown items and a top-k that really selects. D=24, H=3, d=8, J=3,
+    C=57 (23 of them padding in the batch), K=10, F=2: mismatched on purpose."""
+    from twinv2.models.attention import AttentionConfig
+    from twinv2.models.batch import Batch, Seq
+    from twinv2.models.frame import ItemTables
+    from twinv2.models.registry import build_model
 
-    rng = np.random.default_rng(1)
-    g = torch.from_numpy(rng.standard_normal((13, 57)).astype(np.float32))
-    g[3, :10] = 5.0  # ten tied maxima
-    g[5] = 0.0  # a row of ties
-    zero = torch.zeros(13, dtype=torch.bool)
-    zero[[7, 9]] = True
-    g[9] = g[7]  # zero-query rows are identical: they get torch.topk's (the offline GSU's) choice
-    idx = top_clusters(g, k, zero)
-    kk = min(k, 57)
-    assert idx.shape == (13, kk) and all(len(set(r.tolist())) == kk for r in idx)
-    assert torch.equal(g.gather(1, idx).sort(1, descending=True).values, g.topk(kk, 1).values)
-    if k < 57:
-        assert set(idx[9].tolist()) == set(g[9:10].topk(kk, 1).indices[0].tolist())
+    if esu == "gather":
+        monkeypatch.setattr(serving, "DENSE_UNION_MIN", 0)
+        monkeypatch.setattr(serving, "DENSE_UNION_FRACTION", 0.0)
+    torch.manual_seed(3)
+    rng = np.random.default_rng(3)
+    I, C, P, N, buckets, user_buckets = 301, 57, 23, 13, [5, 7, 11], [4, 6]
+    tables = ItemTables(author_of=np.r_[0, rng.integers(1, 30, I - 1)], tag_of=np.r_[0, rng.integers(1, 9, I - 1)],
+                        dur_of=np.r_[0, rng.integers(1, 5, I - 1)], n_authors=30, n_tags=9, n_dur=5)
+    att = AttentionConfig(dim=24, heads=3, head_dim=8, out_dim=20, top_k=10)
+    model = build_model(name, tables, ModelConfig(dim=24, attention=att), buckets, user_buckets)
+    with torch.no_grad():
+        for p in model.parameters():  # every term matters: cross, ln n and user weights away from their init
+            p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+    rows = torch.from_numpy(rng.integers(1, I, C))
+    cross = torch.stack([torch.from_numpy(rng.integers(0, n, C)) for n in buckets], -1)  # (C, J)
+    rows[40:45], cross[40:45] = rows[3], cross[3]  # exact ties in the GSU
+    log_n = torch.from_numpy(np.log(rng.integers(1, 20, C)).astype(np.float32)) if name == "twin_v2" else None
+    user = torch.tensor([3, 1])
+    target = torch.from_numpy(rng.integers(1, I, N))
+    target[5] = 0  # an unknown item
+    seq = Seq(rows=rows.view(1, C), cross=cross.view(1, C, 3), mask=torch.ones(1, C, dtype=torch.bool),
+              log_n=None if log_n is None else log_n.view(1, C))
+    online = model.score(model.precompute(), target, seq, user)
+
+    def pad(x, v):  # P padding positions before the C elements, the same for all N samples
+        return torch.cat([torch.full((P, *x.shape[1:]), v, dtype=x.dtype), x]).expand(N, *((-1,) * x.dim()))
+
+    padded = Seq(rows=pad(rows, 0), cross=pad(cross, 0), mask=pad(torch.ones(C, dtype=torch.bool), False),
+                 log_n=None if log_n is None else pad(log_n, 0.0))
+    batch = Batch(target=target, seq=padded, label=torch.zeros(N), user_id=torch.zeros(N, dtype=torch.long),
+                  ts=torch.zeros(N, dtype=torch.long), user=user.expand(N, 2))
+    with torch.no_grad():
+        offline = model(batch)
+    assert (online - offline).abs().max() <= TOL
+    other_user = model.score(model.precompute(), target, seq, torch.tensor([0, 5]))
+    assert (online - other_user).abs().min() > 1e-4  # the user features reach every online score
+    with pytest.raises(ValueError, match="reads 2 user feature"):
+        model.score(model.precompute(), target, seq, None)

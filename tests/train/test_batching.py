@@ -66,3 +66,60 @@ def test_age_features_are_positive_ages(tiny_world):
     b = Batcher(ds, vocab, "recent", 50).batch(s.user_id.values, s.item_id.values, s.ts.values, s.label.values)
     age = b.seq.cross[..., 2]
     assert (age[b.seq.mask] > 0).all() and (age[~b.seq.mask] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def world_with_features(tiny_world, tmp_path_factory):
+    """A copy of the tiny world whose log has an extra behaviour column and declares a user feature, as an
+    imported log (KuaiRand's) does."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    root = tmp_path_factory.mktemp("featured") / "tiny"
+    root.mkdir()
+    for name in ("items.parquet", "users.parquet", "samples"):
+        (shutil.copytree if (tiny_world / name).is_dir() else shutil.copy)(tiny_world / name, root / name)
+    (root / "behaviours").mkdir()
+    for p in sorted((tiny_world / "behaviours").glob("part-*.parquet")):
+        df = pd.read_parquet(p)
+        df["liked"] = (df["item_id"] % 3 == 0).astype("float32")  # a 0/1 flag on each behaviour
+        df.to_parquet(root / "behaviours" / p.name, index=False)
+    m = json.loads((tiny_world / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps({**m, "cross_features": ["liked"], "user_features": ["activity"]}))
+    return root
+
+
+def test_extra_columns_and_user_features_reach_the_batch_and_the_model(world_with_features, tiny_snapshot):
+    import torch
+
+    from twinv2.models.frame import ModelConfig
+    from twinv2.models.registry import build_model
+    from twinv2.train.features import N_NUMERIC, Features, numeric_bucket
+
+    ds = Dataset(world_with_features)
+    vocab, tables = item_tables(ds)
+    s = _samples(ds, n=31, seed=5)
+    feats = Features.for_dataset(ds, "recent")
+    assert [f.name for f in feats.cross][3:] == ["liked"] and [f.name for f in feats.user] == ["activity"]
+    b = Batcher(ds, vocab, "recent", 40, features=feats).batch(s.user_id.values, s.item_id.values, s.ts.values,
+                                                               s.label.values)
+    assert b.seq.cross.shape[-1] == 4
+    liked, mask = b.seq.cross[..., 3], b.seq.mask
+    raw = vocab.item_ids[b.seq.rows[mask].numpy() - 1]  # every behaviour's item is in the vocabulary
+    assert liked[mask].tolist() == numeric_bucket((raw % 3 == 0).astype(float)).tolist()  # 0 → 1, 1 → 2
+    assert set(liked[mask].tolist()) == {1, 2} and not liked[~mask].any()
+    users = ds.users().set_index("user_id")["activity"]
+    assert b.user.shape == (31, 1)
+    assert b.user[:, 0].tolist() == numeric_bucket(users.loc[s.user_id.values].to_numpy()).tolist()
+    model = build_model("din", tables, ModelConfig(), feats.cross_buckets, feats.user_buckets)
+    assert model.attn.n_cross == 4 and [e.num_embeddings for e in model.users] == [N_NUMERIC]
+    with torch.no_grad():
+        out = model(b)
+        b.user.zero_()
+        assert (model(b) - out).abs().max() > 0  # the user feature enters the tower
+    clusters = Batcher(ds, vocab, "clusters", 100)
+    clusters.use_snapshot(ClusterSnapshot(tiny_snapshot), ds.eval_days[0])
+    cb = clusters.batch(s.user_id.values, s.item_id.values, s.ts.values, s.label.values)
+    assert cb.seq.cross.shape[-1] == 3 and cb.user.shape == (31, 1)  # snapshots carry no extra columns

@@ -12,7 +12,8 @@ from twinv2.offline.store import ClusterSnapshot
 from twinv2.train.features import CROSS_BUCKETS
 from twinv2.train.metrics import auc
 from twinv2.train.run import item_vectors
-from twinv2.train.trainer import StreamingTrainer, TrainConfig, item_tables, load_checkpoint
+from twinv2.train.checkpoint import FORMAT_VERSION, load_checkpoint
+from twinv2.train.trainer import StreamingTrainer, TrainConfig, item_tables
 
 
 def trainer(world, snapshot, model, out=None, **kw):
@@ -60,6 +61,8 @@ def test_runs_are_reproducible_and_checkpoints_reload(tiny_world, tiny_snapshot,
     assert [d["auc"] for d in a["days"]] == [d["auc"] for d in b["days"]]
     ck = load_checkpoint(tmp_path / "a" / "checkpoint.pt")  # weights_only=True inside
     assert ck["model"] == "twin_v2" and ck["config"]["max_train_per_day"] == 300 and ck["day"] == 4
+    assert ck["format_version"] == FORMAT_VERSION and ck["buckets"]["cross"] == CROSS_BUCKETS
+    assert ck["config"]["model_cfg"]["seq_len"] == 10_000  # resolved: TWIN-V2's default, not the 0 sentinel
     t = trainer(tiny_world, tiny_snapshot, "twin_v2", **kw)
     fresh = build_model("twin_v2", item_tables(Dataset(tiny_world))[1], t.cfg.model_cfg, CROSS_BUCKETS)
     fresh.load_state_dict(ck["state_dict"])
@@ -98,3 +101,33 @@ def test_oracle_metrics_come_from_p_true(tiny_world, tiny_snapshot):
 def test_unknown_model_is_named():
     with pytest.raises(ValueError, match="unknown model 'twin_v3'; known models: avg_pooling"):
         TrainConfig(model="twin_v3")
+
+
+def test_checkpoints_rebuild_through_one_module_and_refuse_other_formats(tmp_path):
+    from twinv2.serve.synthetic import synthetic_checkpoint
+    from twinv2.train.checkpoint import load_model
+
+    path = synthetic_checkpoint(tmp_path / "c.pt", 40, seed=2)
+    model, vocab, ck = load_model(path)
+    assert ck["config"]["model_cfg"]["seq_len"] == model.seq_len == model.cfg.seq_len == 10_000
+    assert not model.training
+    assert list(vocab.item_ids) == list(range(1, 40))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ck["state_dict"][k]), k
+    for version in (None, FORMAT_VERSION + 1):
+        bad = dict(ck)
+        bad.pop("format_version")
+        if version is not None:
+            bad["format_version"] = version
+        torch.save(bad, tmp_path / "old.pt")
+        with pytest.raises(ValueError, match=f"old.pt: checkpoint format_version {version}"):
+            load_checkpoint(tmp_path / "old.pt")
+
+
+def test_the_one_per_day_summary_leaves_out_nan_days():
+    from twinv2.train.metrics import summarise
+
+    days = [{"auc": 0.6, "gauc": 0.55}, {"auc": float("nan"), "gauc": 0.57}, {"auc": 0.7, "gauc": 0.62}]
+    s = summarise(days)
+    assert s["auc_mean"] == pytest.approx(0.65) and s["auc_std"] == pytest.approx(0.05)  # NaN day left out
+    assert s["gauc_std"] == pytest.approx(np.std([0.55, 0.57, 0.62])) and "oracle_auc_mean" not in s

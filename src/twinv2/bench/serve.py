@@ -13,6 +13,8 @@ clients until `http_requests` requests or `http_seconds` have passed; throughput
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from twinv2.serve.commands import prefer_passive_omp
 
 TARGET_P99_MS = 15.0
 SNAPSHOT_TS = 1_712_534_400_000  # 2024-04-08, as in the generated worlds
@@ -85,7 +89,7 @@ def run_bench_serve(cfg: BenchServeConfig = BenchServeConfig(), workdir: str | P
         scorer = Scorer(cache, store)
         setup_s = time.perf_counter() - t0
         mv = cache.current
-        H, d, D = mv.heads, mv.head_dim, mv.items.shape[1]
+        H, d, D = mv.cache.heads, mv.cache.head_dim, mv.cache.items.shape[1]
         rng = np.random.default_rng(cfg.seed + 1)
         ts = SNAPSHOT_TS + 3_600_000
 
@@ -185,3 +189,34 @@ def _http(cfg: BenchServeConfig, ckpt: Path, store: Path, users: list[int], ts: 
     out["server_errors_in_metrics"] = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                                           if line.startswith("twinv2_request_errors_total") and 'kind="server"' in line)
     return out
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------------
+def add_bench_args(parser: argparse.ArgumentParser) -> None:
+    """The `--serve-*` flags of `twinv2 bench serve` (dest: serve_*)."""
+    d = BenchServeConfig()
+    g = parser.add_argument_group("bench serve")
+    g.add_argument("--serve-candidates", type=int, default=d.candidates, help="serve: candidates per request")
+    g.add_argument("--serve-clusters", type=int, default=d.clusters, help="serve: clusters per user")
+    g.add_argument("--serve-items", type=int, default=d.items, help="serve: item vocabulary size")
+    g.add_argument("--serve-reps", type=int, default=d.reps, help="serve: timed in-process requests")
+    g.add_argument("--serve-threads", type=int, default=d.threads, help="serve: torch threads")
+    g.add_argument("--serve-http-seconds", type=float, default=d.http_seconds,
+                   help="serve: HTTP load test duration bound (0 = skip the HTTP test)")
+    g.add_argument("--serve-http-requests", type=int, default=d.http_requests,
+                   help="serve: HTTP load test request bound")
+    g.add_argument("--serve-http-concurrency", type=int, default=d.http_concurrency,
+                   help="serve: HTTP client connections")
+
+
+def bench_serve(**kwargs: Any) -> dict[str, Any]:
+    """Run `twinv2 bench serve` from `twinv2 bench`'s parsed arguments (`**vars(args)`): the `serve_*` keys are
+    this benchmark's (unknown `serve_*` keys are an error); other keys belong to other benchmarks."""
+    prefer_passive_omp()
+    fields = {f.name for f in dataclasses.fields(BenchServeConfig)}
+    mine = {k[len("serve_"):]: v for k, v in kwargs.items() if k.startswith("serve_")}
+    unknown = sorted(set(mine) - fields)
+    if unknown:
+        raise ValueError(f"unknown bench serve option(s) {['serve_' + k for k in unknown]}; "
+                         f"valid: {sorted('serve_' + f for f in fields)}")
+    return run_bench_serve(BenchServeConfig(**mine))

@@ -58,16 +58,18 @@ def _tables(n_items: int, seed: int):
 def _collate_rate(L: int, B: int, n_items: int, seed: int, reps: int) -> float:
     """Samples/s of Batcher.batch for full-length raw histories held as CSR arrays (the "recent" path)."""
     from twinv2.train.batching import Batcher, _Columns
+    from twinv2.train.features import Features
 
     rng = np.random.default_rng(seed)
     n = B * (L + 10)
-    cols = _Columns.padded(np.arange(B), np.arange(B + 1) * (L + 10), rng.integers(1, n_items, n),
-                           rng.integers(1, 17, n), rng.integers(1, 23, n), np.tile(np.arange(L + 10) * 1000.0, B))
+    ts = np.tile(np.arange(L + 10) * 1000.0, B)
+    cols = _Columns.padded(np.arange(B), np.arange(B + 1) * (L + 10), rng.integers(1, n_items, n), ts,
+                           [rng.integers(1, 17, n), rng.integers(1, 23, n), ts])  # play, ratio, age's source
 
-    class _DS:  # the two attributes Batcher reads
+    class _DS:  # the attribute Batcher reads
         n_shards = 1
 
-    batcher = Batcher(_DS(), None, "recent", L)  # type: ignore[arg-type]
+    batcher = Batcher(_DS(), None, "recent", L, features=Features.of("recent"))  # type: ignore[arg-type]
     batcher._cache[("recent", 0)] = cols
     batcher.vocab = type("V", (), {"rows": staticmethod(lambda ids: np.asarray(ids, np.int64))})()
     ts = np.full(B, (L + 20) * 1000, np.int64)
@@ -89,13 +91,13 @@ def run_one(model_name: str, L: int, n_items: int = 200_000, B: int = 256, threa
     from twinv2.models.registry import build_model
     from twinv2.train.features import CROSS_BUCKETS
     from twinv2.train.optim import SplitAdam
+    from twinv2.train.step import train_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     cfg = ModelConfig(seq_len=L, attention=AttentionConfig())
     model = build_model(model_name, _tables(n_items, seed), cfg, CROSS_BUCKETS)
     opt = SplitAdam(model, lr=1e-3)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     batches = [_synthetic(n_items, B, L, model.sequence == "clusters", seed + i) for i in range(2)]
     parts: dict[str, list[float]] = {"gsu": [], "forward": [], "backward": [], "optimizer": [], "step": []}
     model.train()
@@ -106,17 +108,11 @@ def run_one(model_name: str, L: int, n_items: int = 200_000, B: int = 256, threa
             target = model.items(batch.target)
             model.gsu(batch, target, model.attn.query(target))
         t1 = time.perf_counter()
-        logits = model(batch)
-        loss = loss_fn(logits, batch.label)
+        times: dict[str, float] = {}
+        train_step(model, opt, batch, times)
         t2 = time.perf_counter()
-        opt.zero_grad()
-        loss.backward()
-        t3 = time.perf_counter()
-        opt.step()
-        t4 = time.perf_counter()
         if i >= 2:  # warm-up excluded
-            for k, v in (("gsu", t1 - t0), ("forward", t2 - t1), ("backward", t3 - t2), ("optimizer", t4 - t3),
-                         ("step", t4 - t1)):
+            for k, v in (("gsu", t1 - t0), *times.items(), ("step", t2 - t1)):
                 parts[k].append(v)
     model.eval()
     infer = []

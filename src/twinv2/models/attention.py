@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from twinv2.models.search import pair_dots
+from twinv2.models.search import pair_dots, topk_exact
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,16 @@ class TargetAttention(nn.Module):
         H, d = self.cfg.heads, self.cfg.head_dim
         return self.w_h(item_vecs).unflatten(-1, (H, d))  # (..., H, d)
 
+    def item_values(self, item_vecs: torch.Tensor) -> torch.Tensor:
+        """Item part of the values K_h W^v_h for item vectors (..., D) → (..., H, d)."""
+        return self.w_v(item_vecs).unflatten(-1, (self.cfg.heads, self.cfg.head_dim))  # (..., H, d)
+
+    def cross_values(self) -> list[torch.Tensor]:
+        """Per cross feature j, the value part E_j[b] W^v_c,j of every bucket: (n_j, H·d) (W^v_c acts on the
+        concatenated cross embeddings, so feature j meets its own E columns)."""
+        E = self.cfg.cross_dim
+        return [emb.weight @ self.w_vc.weight[:, j * E:(j + 1) * E].T for j, emb in enumerate(self.cross)]
+
     def cross_scalars(self) -> list[torch.Tensor]:
         """Per cross feature j, the table β_h,j (E_j[b] · w_h,j): (n_j, H). Tiny; recomputed per call."""
         return [(emb.weight @ self.w_c[:, j].T) * self.beta[:, j] for j, emb in enumerate(self.cross)]
@@ -122,13 +132,11 @@ class TargetAttention(nn.Module):
         """Positions of the top-K elements per sample by mean-over-heads α' (see `gsu_scores`).
 
         Returns (idx (B, K') long, valid (B, K') bool) with K' = min(K, L); padding is never chosen over a
-        valid element, and a chosen padding slot is marked invalid.
+        valid element, and a chosen padding slot is marked invalid. Exact ties go to the later (more recent)
+        position (search.topk_exact); they arise between elements with the same item, buckets and n.
         """
         scores = self.gsu_scores(q, item_table, seq_rows, cross, log_n, mask)
-        # Plain top-k: exact ties in α' only arise between elements with the same item, cross buckets and n,
-        # whose keys and values are identical too, so which of them is kept never changes the ESU's output.
-        top, idx = scores.topk(min(self.cfg.top_k, seq_rows.shape[1]), dim=1)  # (B, K')
-        return idx, torch.isfinite(top)
+        return topk_exact(scores, mask, self.cfg.top_k)  # (B, K') each; serving selects with it too
 
     # ---- ESU -------------------------------------------------------------------------------------------
     def esu(self, q: torch.Tensor, item_table: torch.Tensor, rows: torch.Tensor, cross: torch.Tensor,

@@ -23,14 +23,11 @@ from twinv2.models.two_stage import TwoStage
 class ETA(TwoStage):
     sequence = "recent"
     default_seq_len = 10_000
-    n_bits: int = 64  # m, SimHash signature length
-    lsh_seed: int = 20_210_801  # fixed: the hyperplanes must not depend on the global torch seed
 
     def build_long_term(self) -> int:
-        if self.n_bits < 1:
-            raise ValueError(f"ETA.n_bits must be >= 1, got {self.n_bits}")
-        g = torch.Generator().manual_seed(self.lsh_seed)
-        self.register_buffer("lsh", torch.randn(self.cfg.dim, self.n_bits, generator=g))  # (D, m)
+        hp = self.cfg.eta  # m and the hyperplanes' seed (ModelConfig.eta)
+        g = torch.Generator().manual_seed(hp.lsh_seed)
+        self.register_buffer("lsh", torch.randn(self.cfg.dim, hp.n_bits, generator=g))  # (D, m)
         return super().build_long_term()
 
     def signature(self, vecs: torch.Tensor) -> torch.Tensor:
@@ -42,7 +39,7 @@ class ETA(TwoStage):
         """Hamming distance between the target's and each behaviour's signature, (B, L) int64."""
         table, rows = item_table(self.items, batch.seq.rows)  # (U, D), (B, L)
         agree = pair_dots(self.signature(target), self.signature(table), rows, self.cfg.attention.gsu_chunk)
-        return ((self.n_bits - agree) / 2).round().long()  # (B, L)
+        return ((self.cfg.eta.n_bits - agree) / 2).round().long()  # (B, L)
 
     @torch.no_grad()
     def gsu(self, batch: Batch, target: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

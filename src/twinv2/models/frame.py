@@ -21,12 +21,63 @@ from twinv2.models.embeddings import ItemEmbedding
 
 
 @dataclass(frozen=True)
+class ETAConfig:
+    """ETA's SimHash GSU (models/eta.py)."""
+
+    n_bits: int = 64  # m, signature length: more bits rank closer to the angle, at m/8 bytes a behaviour
+    lsh_seed: int = 20_210_801  # fixed: the hyperplanes must not depend on the global torch seed
+
+    def __post_init__(self) -> None:
+        if self.n_bits < 1:
+            raise ValueError(f"eta.n_bits must be >= 1, got {self.n_bits}")
+
+
+@dataclass(frozen=True)
+class SDIMConfig:
+    """SDIM's hash sampling (models/sdim.py)."""
+
+    n_hashes: int = 48  # m hash functions; more average out the collision noise
+    n_bits: int = 3  # τ bits per hash function (<= 8: a signature is one byte); more = sharper kernel
+    lsh_seed: int = 20_221_017  # fixed, as ETA's
+
+    def __post_init__(self) -> None:
+        if self.n_hashes < 1 or not 1 <= self.n_bits <= 8:
+            raise ValueError(f"sdim needs n_hashes >= 1 and 1 <= n_bits <= 8, got n_hashes={self.n_hashes}, "
+                             f"n_bits={self.n_bits}")
+
+
+@dataclass(frozen=True)
+class SIMClusterConfig:
+    """The global k-means of SIM Cluster / SIM Cluster+ (models/sim_cluster.py)."""
+
+    n_clusters: int = 1_000  # global item groups: SIM Cluster's 1,000 (paper §4.1)
+    kmeans_iter: int = 20  # Lloyd iterations of the one-off global k-means
+    kmeans_seed: int = 1234  # fixed, so the groups do not depend on the global seed
+
+    def __post_init__(self) -> None:
+        if self.n_clusters < 1 or self.kmeans_iter < 1:
+            raise ValueError(f"sim_cluster needs n_clusters >= 1 and kmeans_iter >= 1, got n_clusters="
+                             f"{self.n_clusters}, kmeans_iter={self.kmeans_iter}")
+
+
+@dataclass(frozen=True)
+class SIMClusterPlusConfig(SIMClusterConfig):
+    """SIM Cluster+: the same k-means with more groups (its own class, so a partial YAML keeps this default)."""
+
+    n_clusters: int = 10_000  # SIM Cluster+'s 10,000 (paper §4.1)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     dim: int = 32  # D, every item-side embedding
     mlp: tuple[int, ...] = (128, 64)  # hidden sizes of the CTR tower
     seq_len: int = 0  # L fed to the long-term module; 0 = the model's own default
     user_dim: int = 8  # per user feature
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+    eta: ETAConfig = field(default_factory=ETAConfig)
+    sdim: SDIMConfig = field(default_factory=SDIMConfig)
+    sim_cluster: SIMClusterConfig = field(default_factory=SIMClusterConfig)
+    sim_cluster_plus: SIMClusterPlusConfig = field(default_factory=SIMClusterPlusConfig)
 
     def __post_init__(self) -> None:
         if self.dim < 1 or any(h < 1 for h in self.mlp) or self.seq_len < 0:
@@ -132,8 +183,15 @@ class CTRModel(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         target = self.items(batch.target)  # (B, D)
-        interest = self.long_term(batch, target)  # (B, interest_dim)
+        return self.ctr_head(target, self.long_term(batch, target), batch.user)  # (B,)
+
+    def ctr_head(self, target: torch.Tensor, interest: torch.Tensor, user: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B,) of the tower on [e(target) (B, D), interest (B, interest_dim), e(target) ⊙ W interest,
+        user features (B, F) bucket ids]: the one head of the offline forward and of serving (TWIN.score)."""
         parts = [target, interest, target * self.bridge(interest)]
-        if batch.user is not None and len(self.users):
-            parts += [emb(batch.user[:, f]) for f, emb in enumerate(self.users)]  # F × (B, user_dim)
+        if len(self.users):
+            if user is None or user.shape[-1] != len(self.users):
+                raise ValueError(f"the model reads {len(self.users)} user feature(s), got "
+                                 f"{None if user is None else tuple(user.shape)} user bucket ids")
+            parts += [emb(user[:, f]) for f, emb in enumerate(self.users)]  # F × (B, user_dim)
         return self.tower(torch.cat(parts, dim=-1)).squeeze(-1)  # (B,)

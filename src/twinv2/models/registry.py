@@ -7,26 +7,15 @@ import importlib
 import numpy as np
 
 from twinv2.models.frame import CTRModel, ItemTables, ModelConfig
+from twinv2.models.names import CLASSES, MODELS
 
-# Ordered as the paper's Table 3.
-MODELS: dict[str, str] = {
-    "avg_pooling": "twinv2.models.avg_pooling:AvgPooling",
-    "din": "twinv2.models.din:DIN",
-    "sim_hard": "twinv2.models.sim_hard:SIMHard",
-    "eta": "twinv2.models.eta:ETA",
-    "sim_cluster": "twinv2.models.sim_cluster:SIMCluster",
-    "sdim": "twinv2.models.sdim:SDIM",
-    "sim_cluster_plus": "twinv2.models.sim_cluster:SIMClusterPlus",
-    "sim_soft": "twinv2.models.sim_soft:SIMSoft",
-    "twin": "twinv2.models.twin:TWIN",
-    "twin_v2": "twinv2.models.twin_v2:TWINV2",
-}
+__all__ = ["MODELS", "build_model", "model_class"]
 
 
 def model_class(name: str) -> type[CTRModel]:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    module, cls = MODELS[name].split(":")
+    module, cls = CLASSES[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
 

@@ -26,14 +26,11 @@ from twinv2.models.search import item_table
 class SDIM(CTRModel):
     sequence = "recent"
     default_seq_len = 10_000
-    n_hashes: int = 48  # m
-    n_bits: int = 3  # τ bits per hash function (≤ 8: a signature is one byte)
-    lsh_seed: int = 20_221_017
 
     def build_long_term(self) -> int:
-        if self.n_hashes < 1 or not 1 <= self.n_bits <= 8:
-            raise ValueError(f"SDIM needs n_hashes >= 1 and 1 <= n_bits <= 8, got {self.n_hashes}, {self.n_bits}")
-        g = torch.Generator().manual_seed(self.lsh_seed)
+        hp = self.cfg.sdim  # m, τ and the hyperplanes' seed (ModelConfig.sdim)
+        self.n_hashes, self.n_bits = hp.n_hashes, hp.n_bits
+        g = torch.Generator().manual_seed(hp.lsh_seed)
         planes = torch.randn(self.cfg.dim, self.n_hashes * self.n_bits, generator=g)  # (D, m τ)
         self.register_buffer("lsh", planes)
         self.register_buffer("bit_weights", 2 ** torch.arange(self.n_bits, dtype=torch.uint8), persistent=False)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from twinv2.models.batch import Batch
+from twinv2.models.frame import SIMClusterConfig
 from twinv2.models.search import topk_exact
 from twinv2.models.two_stage import TwoStage
 
@@ -23,9 +24,11 @@ class SIMCluster(TwoStage):
     sequence = "recent"
     default_seq_len = 10_000
     needs_item_vectors = True
-    n_clusters: int = 1_000
-    kmeans_iter: int = 20
-    kmeans_seed: int = 1234
+    config_key = "sim_cluster"  # which ModelConfig field holds this model's k-means settings
+
+    @property
+    def hp(self) -> SIMClusterConfig:
+        return getattr(self.cfg, self.config_key)
 
     def build_long_term(self) -> int:
         # -1 = no cluster (the unknown item, row 0, and every row before `prepare`): it never matches.
@@ -44,7 +47,8 @@ class SIMCluster(TwoStage):
             raise ValueError("item_vectors contain NaN or inf")
         points = np.ascontiguousarray(vecs[1:])  # (I-1, D')
         labels = np.full(I, -1, dtype=np.int64)
-        k = min(self.n_clusters, len(points))
+        hp = self.hp
+        k = min(hp.n_clusters, len(points))
         if k == len(points):
             labels[1:] = np.arange(k)  # one item per cluster: what k-means with k = n points converges to
         elif k > 0:
@@ -52,7 +56,7 @@ class SIMCluster(TwoStage):
             faiss.omp_set_num_threads(1)
             try:
                 # faiss trains on at most 256 points per centroid (seeded subsample), then labels every item.
-                km = faiss.Kmeans(points.shape[1], k, niter=self.kmeans_iter, seed=self.kmeans_seed, verbose=False,
+                km = faiss.Kmeans(points.shape[1], k, niter=hp.kmeans_iter, seed=hp.kmeans_seed, verbose=False,
                                   min_points_per_centroid=1)  # few points per cluster is intended: no warning
                 km.train(points)
                 labels[1:] = km.index.search(points, 1)[1][:, 0]
@@ -73,4 +77,4 @@ class SIMCluster(TwoStage):
 
 
 class SIMClusterPlus(SIMCluster):
-    n_clusters = 10_000
+    config_key = "sim_cluster_plus"  # 10,000 clusters by default

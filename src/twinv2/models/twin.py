@@ -1,13 +1,19 @@
 """TWIN (Chang et al., KDD 2023): the ESU's own target attention is also the GSU (consistency between
 stages) over the latest 10,000 behaviours; the top 100 go to the ESU. TWIN-V2 (twin_v2.py) runs the same
-module over clusters, where the sequence carries ln n."""
+module over clusters, where the sequence carries ln n.
+
+Servable (models/serving.py): `precompute()` caches the item-only parts, `score()` scores one user against N
+candidates with the GSU, ESU and CTR head of `forward`. `twinv2 serve` serves TWIN-V2 (the cluster store holds
+its sequences); raw behaviours have no online store, but `score` serves TWIN the same way (tested).
+"""
 
 from __future__ import annotations
 
 import torch
 
-from twinv2.models.batch import Batch
+from twinv2.models.batch import Batch, Seq
 from twinv2.models.search import item_table
+from twinv2.models.serving import ItemCache, interest, item_cache
 from twinv2.models.two_stage import TwoStage
 
 
@@ -19,3 +25,18 @@ class TWIN(TwoStage):
         seq = batch.seq
         table, rows = item_table(self.items, seq.rows)  # (U, D) once per item, (B, L)
         return self.attn.gsu_topk(q, table, rows, seq.cross, seq.log_n, seq.mask)
+
+    @torch.no_grad()
+    def precompute(self) -> ItemCache:
+        """The per-item serving cache of these weights (inherent embeddings and projections of every row)."""
+        return item_cache(self.attn, self.items.every_item())
+
+    @torch.no_grad()
+    def score(self, cache: ItemCache, target: torch.Tensor, seq: Seq, user: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """Logits (N,) of candidate rows `target` (N,) for one user: `seq` of batch size 1 (the batcher's
+        sequence for that user and time) and `user` (F,) bucket ids when the model reads user features."""
+        N = target.shape[0]
+        e = cache.items.index_select(0, target)  # (N, D)
+        long_term = interest(self.attn, cache, self.attn.query(e), seq)  # (N, out_dim)
+        return self.ctr_head(e, long_term, None if user is None else user.reshape(1, -1).expand(N, -1))

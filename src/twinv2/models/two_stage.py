@@ -1,5 +1,6 @@
 """Two-stage long-term modules: a GSU picks the top-K elements of a long sequence, an ESU (the shared target
-attention of attention.py) attends over them. Models differ only in `gsu`; all keep the top 100 (search.topk_exact: deterministic, ties towards recency)."""
+attention of attention.py) attends over them. Models differ only in `gsu`; all keep the top 100 with
+search.topk_exact (deterministic: exact ties go to the later, more recent position)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Engines that map `cluster_shard` over shards: this process, a local process pool, or a Dask cluster.
+"""Engines that map a per-shard function (the job's `cluster_shard`) over shards: this process, a local
+process pool, or a Dask cluster.
 
 All engines call the same pure per-shard function and users are seeded by hash(seed, user_id), so they write
-the same bytes. The caller's `finished(stats)` runs in this process as each shard completes (it records the
+the same bytes. The job passes its functions in (`work`, `init_worker`), so this module does not import it. The caller's `finished(stats)` runs in this process as each shard completes (it records the
 shard in the manifest); progress is a tqdm bar over users with users/s and ETA.
 """
 
@@ -21,8 +22,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from twinv2.offline import job
-
 
 @contextlib.contextmanager
 def lock(out_dir: Path) -> Iterator[None]:
@@ -39,46 +38,49 @@ def lock(out_dir: Path) -> Iterator[None]:
         f.close()
 
 
-def n_workers(cfg: "job.ClusterJobConfig", n_tasks: int) -> int:
+def n_workers(cfg: Any, n_tasks: int) -> int:
     return max(1, min(cfg.workers or os.cpu_count() or 1, n_tasks))
 
 
-def run(tasks: list["job.ShardTask"], cfg: "job.ClusterJobConfig", users: dict[int, int],
-        finished: Callable[[dict[str, Any]], None], progress: bool) -> list[dict[str, Any]]:
-    """Run every task; returns their stats in completion order."""
+def run(tasks: list[Any], cfg: Any, users: dict[int, int], finished: Callable[[dict[str, Any]], None],
+        progress: bool, work: Callable[..., dict[str, Any]], init_worker: Callable[[Any], None]) -> list[dict[str, Any]]:
+    """Run `work(task)` for every task (a picklable module-level function; `work(task, report=fn)` inline,
+    where `report(shard, users_done)` feeds the bar; pool workers run `init_worker(queue)` first and report
+    through the queue). `cfg` is the job's config (engine, workers, scheduler). Returns the tasks' stats in
+    completion order."""
     bar = tqdm(total=sum(users.values()), unit="user", desc="clustering", disable=not progress,
                smoothing=0.05, file=sys.stderr, dynamic_ncols=True)
     try:
         if cfg.engine == "dask":
-            return _run_dask(tasks, cfg, users, finished, bar)
+            return _run_dask(tasks, cfg, users, finished, bar, work)
         if n_workers(cfg, len(tasks)) == 1:
-            return _run_inline(tasks, finished, bar)
-        return _run_pool(tasks, cfg, users, finished, bar)
+            return _run_inline(tasks, finished, bar, work)
+        return _run_pool(tasks, cfg, users, finished, bar, work, init_worker)
     finally:
         bar.close()
 
 
-def _run_inline(tasks, finished, bar) -> list[dict[str, Any]]:
+def _run_inline(tasks, finished, bar, work) -> list[dict[str, Any]]:
     out = []
     for t in tasks:
-        stats = job.cluster_shard(t, report=lambda s, k: bar.update(k))
+        stats = work(t, report=lambda s, k: bar.update(k))
         finished(stats)
         out.append(stats)
     return out
 
 
-def _context():
+def _context(work):
     # forkserver/spawn, not fork: a forked child inherits OpenMP (faiss, torch) thread pools in a broken
     # state. forkserver preloads the job module once, so each worker starts in about the time of a fork.
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["twinv2.offline.job", "faiss", "threadpoolctl"])
+        ctx.set_forkserver_preload([work.__module__, "faiss", "threadpoolctl"])
         return ctx
     return mp.get_context("spawn")
 
 
-def _run_pool(tasks, cfg, users, finished, bar) -> list[dict[str, Any]]:
-    ctx = _context()
+def _run_pool(tasks, cfg, users, finished, bar, work, init_worker) -> list[dict[str, Any]]:
+    ctx = _context(work)
     q = ctx.Queue()
     reported = {t.shard: 0 for t in tasks}
     closed: set[int] = set()
@@ -95,9 +97,9 @@ def _run_pool(tasks, cfg, users, finished, bar) -> list[dict[str, Any]]:
 
     out = []
     ex = ProcessPoolExecutor(max_workers=n_workers(cfg, len(tasks)), mp_context=ctx,
-                             initializer=job._init_worker, initargs=(q,))
+                             initializer=init_worker, initargs=(q,))
     try:
-        futs = {ex.submit(job.cluster_shard, t): t.shard for t in tasks}
+        futs = {ex.submit(work, t): t.shard for t in tasks}
         pending = set(futs)
         while pending:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
@@ -123,7 +125,7 @@ def _run_pool(tasks, cfg, users, finished, bar) -> list[dict[str, Any]]:
     return out
 
 
-def _run_dask(tasks, cfg, users, finished, bar) -> list[dict[str, Any]]:
+def _run_dask(tasks, cfg, users, finished, bar, work) -> list[dict[str, Any]]:
     from distributed import Client, LocalCluster, as_completed
 
     with contextlib.ExitStack() as stack:
@@ -135,7 +137,7 @@ def _run_dask(tasks, cfg, users, finished, bar) -> list[dict[str, Any]]:
                                                        processes=True, dashboard_address=None))
             client = stack.enter_context(Client(cluster))
         token = uuid.uuid4().hex[:12]  # unique per run: two runs on one scheduler must not share keys
-        futs = client.map(job.cluster_shard, tasks, key=[f"twinv2-cluster-{t.shard}-{token}" for t in tasks],
+        futs = client.map(work, tasks, key=[f"twinv2-cluster-{t.shard}-{token}" for t in tasks],
                           pure=False, retries=0)
         shard_of = {f.key: t.shard for f, t in zip(futs, tasks)}
         out = []

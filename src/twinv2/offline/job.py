@@ -511,7 +511,8 @@ def run_cluster_job(dataset: str | Path, snapshot_before: int, embeddings: str |
             manifest["complete"] = len(manifest["shards"]) == ds.n_shards
             store.write_manifest(out_dir, manifest)
 
-        results = engines.run(tasks, cfg, users, finished, progress) if tasks else []
+        results = engines.run(tasks, cfg, users, finished, progress, work=cluster_shard,
+                              init_worker=_init_worker) if tasks else []
         manifest["last_run"] = {
             "skipped_shards": sorted(done),
             "done_shards": sorted(r["shard"] for r in results),

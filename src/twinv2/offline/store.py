@@ -24,32 +24,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from twinv2.data.storage import part_name, shard_of, write_json_atomic
-from twinv2.schema import DataError
+from twinv2.schema import CLUSTER_COLUMNS, CLUSTER_ROW_BYTES, DataError
 
 FORMAT = "twinv2-clusters"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
-# One row per cluster (virtual item, Eq. 5-7). `user_n` / `user_last_ts` repeat the user's history
-# fingerprint on each of their rows: a later snapshot compares them to decide whether the user changed.
-COLUMNS: dict[str, str] = {
-    "user_id": "int64",
-    "cluster": "int32",  # 0..C-1 within the user: by completion group, then Algorithm 1's queue order
-    "n": "int32",  # cluster size n_i (used as ln n in attention, Eq. 9)
-    "group": "int8",  # completion-ratio group; len(edges)+1 = unknown ratio
-    "item_id": "int64",  # Eq. 6-7: categorical features of the member nearest the centroid
-    "author_id": "int64",
-    "tag": "int64",
-    "duration_ms": "float32",  # Eq. 5: means over members with a known value (NaN if none)
-    "play_ms": "float32",
-    "ratio": "float32",  # mean completion ratio; NaN in the unknown-ratio group
-    "ts": "float64",  # mean behaviour time (float64: epoch ms do not fit float32)
-    "user_n": "int64",  # behaviours of the user before the snapshot (T)
-    "user_last_ts": "int64",  # time of the user's last behaviour before the snapshot
-}
+COLUMNS = CLUSTER_COLUMNS  # the snapshot's row layout, declared with the other tables in schema.py
 SCHEMA = pa.schema([pa.field(k, pa.from_numpy_dtype(np.dtype(v))) for k, v in COLUMNS.items()])
-# Bytes of one virtual item as the model reads it (everything but the per-user fingerprint columns).
-ROW_BYTES = sum(np.dtype(v).itemsize for k, v in COLUMNS.items() if not k.startswith("user_") or k == "user_id")
+ROW_BYTES = CLUSTER_ROW_BYTES
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -1,14 +1,13 @@
-"""`twinv2 serve`, `twinv2 nearline` and `twinv2 bench serve`: argument parsing into configs, then the library.
+"""`twinv2 serve` and `twinv2 nearline`: argument parsing into configs, then the library.
 
-`register(sub)` adds the two subcommands to the `twinv2` parser; `add_bench_args(parser)` adds the `--serve-*`
-flags to `twinv2 bench` and `bench_serve(**vars(args))` runs the benchmark. Each command returns an exit code
-and raises ValueError with a message for a bad argument (cli.main prints it and exits with 2).
+`register(sub)` adds the two subcommands to the `twinv2` parser (`twinv2 bench serve` lives in bench/serve.py:
+bench imports serve, never the reverse). Each command returns an exit code and raises ValueError with a
+message for a bad argument (cli.main prints it and exits with 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -65,17 +64,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 def cmd_nearline(a: argparse.Namespace) -> int:
     prefer_passive_omp()
-    from twinv2.config import from_dict
+    from twinv2.config import from_dict, parse_overrides
     from twinv2.serve.nearline import NearlineConfig, run_nearline
 
-    overrides: dict[str, Any] = {}
-    for p in a.set or []:
-        if "=" not in p:
-            raise ValueError(f"--set expects key=value, got {p!r}")
-        import yaml
-
-        k, v = p.split("=", 1)
-        overrides[k.strip()] = yaml.safe_load(v)
+    overrides = parse_overrides(a.set)
     if a.window_minutes is not None:
         overrides["window_minutes"] = a.window_minutes
     cfg = from_dict(NearlineConfig, overrides, where="nearline --set")
@@ -126,38 +118,3 @@ def register(sub: Any) -> None:
     n.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a NearlineConfig field")
     n.add_argument("--quiet", action="store_true")
     n.set_defaults(func=cmd_nearline)
-
-
-# ---- bench ---------------------------------------------------------------------------------------------------
-def add_bench_args(parser: argparse.ArgumentParser) -> None:
-    """The `--serve-*` flags of `twinv2 bench serve` (dest: serve_*)."""
-    from twinv2.bench.serve import BenchServeConfig
-
-    d = BenchServeConfig()
-    g = parser.add_argument_group("bench serve")
-    g.add_argument("--serve-candidates", type=int, default=d.candidates, help="serve: candidates per request")
-    g.add_argument("--serve-clusters", type=int, default=d.clusters, help="serve: clusters per user")
-    g.add_argument("--serve-items", type=int, default=d.items, help="serve: item vocabulary size")
-    g.add_argument("--serve-reps", type=int, default=d.reps, help="serve: timed in-process requests")
-    g.add_argument("--serve-threads", type=int, default=d.threads, help="serve: torch threads")
-    g.add_argument("--serve-http-seconds", type=float, default=d.http_seconds,
-                   help="serve: HTTP load test duration bound (0 = skip the HTTP test)")
-    g.add_argument("--serve-http-requests", type=int, default=d.http_requests,
-                   help="serve: HTTP load test request bound")
-    g.add_argument("--serve-http-concurrency", type=int, default=d.http_concurrency,
-                   help="serve: HTTP client connections")
-
-
-def bench_serve(**kwargs: Any) -> dict[str, Any]:
-    """Run `twinv2 bench serve` from `twinv2 bench`'s parsed arguments (`**vars(args)`): the `serve_*` keys are
-    this benchmark's (unknown `serve_*` keys are an error); other keys belong to other benchmarks."""
-    prefer_passive_omp()
-    from twinv2.bench.serve import BenchServeConfig, run_bench_serve
-
-    fields = {f.name for f in dataclasses.fields(BenchServeConfig)}
-    mine = {k[len("serve_"):]: v for k, v in kwargs.items() if k.startswith("serve_")}
-    unknown = sorted(set(mine) - fields)
-    if unknown:
-        raise ValueError(f"unknown bench serve option(s) {['serve_' + k for k in unknown]}; "
-                         f"valid: {sorted('serve_' + f for f in fields)}")
-    return run_bench_serve(BenchServeConfig(**mine))

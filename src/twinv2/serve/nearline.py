@@ -19,7 +19,8 @@ request reads it (store.py switches versions atomically).
 A sample that arrives after its window was trained is late: it is counted in the state (`late_samples`) and
 reported, not trained on. Restarting resumes from `nearline_state.json` and the newest published checkpoint
 (the optimizer's moments start afresh). Only cluster models (twin_v2) are supported: they are what `serve`
-serves, and their sequence comes from snapshots rather than from raw behaviours.
+serves, and their sequence comes from snapshots rather than from raw behaviours. The model side (the
+training step on each window, publishing) is train/nearline.py's `NearlineTrainer`.
 """
 
 from __future__ import annotations
@@ -32,17 +33,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from twinv2.data.storage import Dataset, EvalDay, write_json_atomic
 from twinv2.schema import DataError
 from twinv2.serve import ingest
-from twinv2.serve.projections import (
-    LATEST,
-    build_model_from_checkpoint,
-    resolve_checkpoint,
-)
+from twinv2.train.checkpoint import LATEST, resolve_checkpoint
 
 MINUTE_MS = 60_000
 STATE = "nearline_state.json"
@@ -95,21 +91,6 @@ class NearlineConfig:
         return round(self.window_minutes * MINUTE_MS)
 
 
-def publish_checkpoint(out: Path, model: Any, train_cfg: Any, vocab: Any, seq: int, info: dict[str, Any],
-                       keep: int) -> Path:
-    """Write checkpoints/ckpt-<seq>.pt, then point LATEST at it (both atomic); delete all but the newest `keep`."""
-    from twinv2.train.trainer import save_checkpoint
-
-    d = Path(out) / "checkpoints"
-    d.mkdir(parents=True, exist_ok=True)
-    name = f"ckpt-{seq:06d}.pt"
-    save_checkpoint(d / name, model, train_cfg, vocab, {"nearline": info})
-    write_json_atomic(Path(out) / LATEST, {"checkpoint": f"checkpoints/{name}", **info})
-    for old in sorted(d.glob("ckpt-*.pt"))[:-keep]:
-        old.unlink(missing_ok=True)
-    return d / name
-
-
 class Nearline:
     """One nearline trainer over an inbox; `poll()` does one scan and trains every closed window."""
 
@@ -117,12 +98,9 @@ class Nearline:
                  cfg: NearlineConfig = NearlineConfig(), snapshot: str | Path | None = None,
                  store: str | Path | None = None, progress: bool = True) -> None:
         import torch
-        from torch import nn
 
         from twinv2.offline.store import ClusterSnapshot
-        from twinv2.train.batching import Batcher
-        from twinv2.train.optim import SplitAdam
-        from twinv2.train.trainer import item_tables, load_checkpoint
+        from twinv2.train.nearline import NearlineTrainer
 
         if not isinstance(cfg, NearlineConfig):
             raise TypeError(f"cfg must be a NearlineConfig, got {type(cfg).__name__}")
@@ -136,19 +114,7 @@ class Nearline:
         self.state = self._load_state()
         torch.set_num_threads(cfg.threads)
         source = self.out if (self.out / LATEST).is_file() else Path(checkpoint)  # resume from our own output
-        path = resolve_checkpoint(source)
-        self.model, self.vocab, self.train_cfg = build_model_from_checkpoint(load_checkpoint(path), where=str(path))
-        if self.model.sequence != "clusters":
-            raise ValueError(f"{path}: nearline trains cluster models (twin_v2), not {self.train_cfg.model!r}")
-        ds_vocab, _ = item_tables(self.ds)
-        if not np.array_equal(ds_vocab.item_ids, self.vocab.item_ids):
-            raise ValueError(f"{self.ds.root}: its items differ from the checkpoint's vocabulary ({path}); a new "
-                             f"vocabulary needs a model trained on it (`twinv2 train`)")
-        self.model.train()
-        self.opt = SplitAdam(self.model, cfg.lr or self.train_cfg.lr)
-        self.loss = nn.BCEWithLogitsLoss()
-        self.batch_size = cfg.batch_size or self.train_cfg.batch_size
-        self.batcher = Batcher(self.ds, ds_vocab, "clusters", self.model.seq_len)
+        self.trainer = NearlineTrainer(self.ds, resolve_checkpoint(source), cfg.lr, cfg.batch_size)
         snap = self.state.get("snapshot") or snapshot
         self.snapshot = ClusterSnapshot(snap) if snap else None
         if self.state.get("refreshed_until") is None and self.snapshot is not None:
@@ -285,20 +251,9 @@ class Nearline:
             return False
         if self.snapshot is None:
             self.snapshot = self._initial_snapshot(a)
-        self.batcher.use_snapshot(self.snapshot, EvalDay(index=0, label=f"window@{a}", start_ms=a))
-        self.model.train()
-        total = 0.0
-        for s in range(0, len(df), self.batch_size):
-            part = df.iloc[s:s + self.batch_size]
-            batch = self.batcher.batch(part["user_id"].to_numpy(), part["item_id"].to_numpy(),
-                                       part["ts"].to_numpy(), part["label"].to_numpy())
-            loss = self.loss(self.model(batch), batch.label)
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-            total += float(loss.detach()) * len(part)
+        loss = self.trainer.train_window(df, self.snapshot, a)
         self.state["samples_trained"] += len(df)
-        self.state["last_loss"] = total / len(df)
+        self.state["last_loss"] = loss
         self._trained_since_publish += 1
         if self._trained_since_publish >= self.cfg.publish_every:
             self._publish(a, b, len(df))
@@ -308,8 +263,7 @@ class Nearline:
         self.state["seq"] += 1
         info = {"seq": self.state["seq"], "window_start": a, "window_end": b, "samples": n,
                 "snapshot": str(self.snapshot.path) if self.snapshot else None, "published_at": time.time()}
-        path = publish_checkpoint(self.out, self.model, self.train_cfg, self.vocab, self.state["seq"], info,
-                                  self.cfg.keep_checkpoints)
+        path = self.trainer.publish(self.out, self.state["seq"], info, self.cfg.keep_checkpoints)
         self._trained_since_publish = 0
         self._log(f"window [{a}, {b}): {n} samples, loss {self.state.get('last_loss', float('nan')):.4f}; "
                   f"published {path}")

@@ -19,7 +19,8 @@ def synthetic_checkpoint(path: str | Path, n_items: int, seed: int = 0, model_cf
     from twinv2.models.frame import ItemTables
     from twinv2.models.registry import build_model
     from twinv2.train.features import CROSS_BUCKETS, N_DUR
-    from twinv2.train.trainer import TrainConfig, save_checkpoint
+    from twinv2.train.checkpoint import save_checkpoint
+    from twinv2.train.trainer import TrainConfig
 
     if n_items < 2:
         raise ValueError(f"n_items must be >= 2 (row 0 is the unknown item), got {n_items}")

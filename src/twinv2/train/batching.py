@@ -1,5 +1,7 @@
 """Collate samples into `Batch`es: each sample's history from the CSR arrays by timestamp, its clusters from
 a snapshot taken before its day. Nothing padded is stored on disk; padding exists only inside a batch.
+Cross columns are built by iterating the feature specs (train/features.py), user features from the dataset's
+users.parquet when it declares them.
 
 Leak rules enforced here (and tested):
 - a sample's raw history is its user's behaviours with ts < the sample's ts (BehaviourCSR.ranges_before);
@@ -19,27 +21,42 @@ from twinv2.models.batch import Batch, Seq
 from twinv2.models.embeddings import ItemVocab
 from twinv2.offline.store import ClusterSnapshot
 from twinv2.schema import completion_ratio
-from twinv2.train.features import age_bucket, play_bucket, ratio_bucket
+from twinv2.train.features import FeatureSpec, Features, UserTable
 
 
 @dataclass
 class _Columns:
     """Per-shard arrays in model units, computed once, each with one trailing sentinel element at index N
-    (row 0, buckets 0, time +inf, ln n 0) so that padded positions gather zeros without a mask pass."""
+    (row 0, buckets 0, time +inf, NaN source, ln n 0) so that padded positions gather zeros without a mask pass.
+    A since_sample feature of `ts` (the age) reads `ts` itself: no copy of the largest column."""
 
     user_ids: np.ndarray  # (U,)
     offsets: np.ndarray  # (U+1,)
     rows: np.ndarray  # (N+1,) int64 item rows
-    play: np.ndarray  # (N+1,) int64
-    ratio: np.ndarray  # (N+1,) int64
     ts: np.ndarray  # (N+1,) float64 (behaviour time, or a cluster's mean time)
+    cross: list[np.ndarray]  # per cross spec (N+1,): int64 buckets, or the float64 source of a since_sample one
     log_n: np.ndarray | None  # (N+1,) float32 for clusters
 
     @classmethod
-    def padded(cls, user_ids, offsets, rows, play, ratio, ts, log_n=None) -> "_Columns":
-        return cls(user_ids, offsets, np.r_[rows, 0], np.r_[play, 0], np.r_[ratio, 0],
-                   np.r_[np.asarray(ts, np.float64), np.inf],
+    def padded(cls, user_ids, offsets, rows, ts, cross, log_n=None) -> "_Columns":
+        """`cross`: per spec its int bucket column, or a float source column (`ts` itself for the age)."""
+        pts = np.r_[np.asarray(ts, np.float64), np.inf]
+        return cls(user_ids, offsets, np.r_[rows, 0], pts,
+                   [pts if c is ts else np.r_[c, np.nan] if c.dtype.kind == "f" else np.r_[c, 0] for c in cross],
                    None if log_n is None else np.r_[log_n, 0].astype(np.float32))
+
+    @classmethod
+    def from_elements(cls, user_ids, offsets, rows, elements: dict[str, np.ndarray], specs: tuple[FeatureSpec, ...],
+                      log_n=None) -> "_Columns":
+        """`elements`: the sequence's source columns by name (see train/features.py); one column per spec."""
+        missing = [s.source for s in specs if s.source not in elements]
+        if missing:
+            raise ValueError(f"cross features need columns {missing}, which these sequence elements lack; they "
+                             f"have {sorted(elements)}")
+        ts = np.asarray(elements["ts"], np.float64)
+        cross = [(ts if s.source == "ts" else np.asarray(elements[s.source], np.float64)) if s.since_sample
+                 else np.asarray(s.bucket(elements[s.source]), np.int64) for s in specs]
+        return cls.padded(user_ids, offsets, rows, ts, cross, log_n)
 
     @property
     def sentinel(self) -> int:
@@ -53,12 +70,15 @@ class Batcher:
     A batch's sequence length is min(L, the longest sequence in the batch): columns that would be padding
     for every sample are never built."""
 
-    def __init__(self, ds: Dataset, vocab: ItemVocab, sequence: str, seq_len: int) -> None:
+    def __init__(self, ds: Dataset, vocab: ItemVocab, sequence: str, seq_len: int,
+                 features: Features | None = None) -> None:
         if sequence not in ("recent", "clusters"):
             raise ValueError(f"sequence must be 'recent' or 'clusters', got {sequence!r}")
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         self.ds, self.vocab, self.sequence, self.seq_len = ds, vocab, sequence, seq_len
+        self.features = features if features is not None else Features.for_dataset(ds, sequence)
+        self.users = UserTable(ds.users() if self.features.user else None, self.features.user)
         self.snapshot: ClusterSnapshot | None = None
         self._cache: dict[tuple[str, int], _Columns] = {}
 
@@ -79,18 +99,19 @@ class Batcher:
         return self._cache[key]
 
     def _load(self, shard: int) -> _Columns:
+        specs = self.features.cross
         if self.sequence == "recent":
             csr = self.ds.csr(shard)
             c = csr.columns
-            play = np.where(np.asarray(c["play_ms"]) >= 0, c["play_ms"], np.nan)
-            return _Columns.padded(csr.user_ids, csr.offsets, self.vocab.rows(c["item_id"]), play_bucket(play),
-                                   ratio_bucket(completion_ratio(c["play_ms"], c["duration_ms"])), c["ts"])
+            elements = {**c, "play_ms": np.where(np.asarray(c["play_ms"]) >= 0, c["play_ms"], np.nan),
+                        "ratio": completion_ratio(c["play_ms"], c["duration_ms"])}
+            return _Columns.from_elements(csr.user_ids, csr.offsets, self.vocab.rows(c["item_id"]), elements, specs)
         if self.snapshot is None:
             raise ValueError("a clusters batcher needs use_snapshot(...) before the first batch")
         csr = self.snapshot.shard(shard)
         c = csr.columns
-        return _Columns.padded(csr.user_ids, csr.offsets, self.vocab.rows(c["item_id"]), play_bucket(c["play_ms"]),
-                               ratio_bucket(c["ratio"]), c["ts"], np.log(np.asarray(c["n"], dtype=np.float32)))
+        return _Columns.from_elements(csr.user_ids, csr.offsets, self.vocab.rows(c["item_id"]), c, specs,
+                                      np.log(np.asarray(c["n"], dtype=np.float32)))
 
     # ---- batches ------------------------------------------------------------------------------------------
     def batch(self, user_id: np.ndarray, item_id: np.ndarray, ts: np.ndarray, label: np.ndarray) -> Batch:
@@ -109,15 +130,16 @@ class Batcher:
         L = int(max(1, min(self.seq_len, max(int((e - a).max(initial=0)) for _, _, a, e in parts))))
         rows = np.empty((B, L), np.int64)
         mask = np.empty((B, L), bool)
-        cross = np.empty((B, L, 3), np.int64)
+        specs = self.features.cross
+        cross = np.empty((B, L, len(specs)), np.int64)
         log_n = np.empty((B, L), np.float32) if self.sequence == "clusters" else None
         for b, col, start, end in parts:
             pos = self._positions(col, start, end, L)  # (b, L), padding -> sentinel
             rows[b] = col.rows[pos]
             mask[b] = pos != col.sentinel
-            cross[b, :, 0] = col.play[pos]
-            cross[b, :, 1] = col.ratio[pos]
-            cross[b, :, 2] = age_bucket(ts[b, None], col.ts[pos])  # sentinel time +inf -> bucket 0
+            for j, spec in enumerate(specs):  # a since_sample source's sentinel (NaN, +inf) -> bucket 0
+                cross[b, :, j] = spec.bucket(ts[b, None] - col.cross[j][pos]) if spec.since_sample \
+                    else col.cross[j][pos]
             if log_n is not None:
                 log_n[b] = col.log_n[pos]
         return Batch(
@@ -127,6 +149,7 @@ class Batcher:
             label=torch.from_numpy(np.asarray(label, dtype=np.float32)),
             user_id=torch.from_numpy(user_id),
             ts=torch.from_numpy(ts),
+            user=torch.from_numpy(self.users.lookup(user_id)) if self.features.user else None,
         )
 
     def _positions(self, col: _Columns, start: np.ndarray, end: np.ndarray, L: int) -> np.ndarray:

@@ -47,3 +47,22 @@ def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[flo
         return float("nan"), 0
     per_user = (rank_pos[ok] - n_pos[ok] * (n_pos[ok] + 1) / 2) / (n_pos[ok] * n_neg[ok])
     return float(np.sum(per_user * n[ok]) / np.sum(n[ok])), int(ok.sum())
+
+
+def mean_std(values) -> tuple[float, float, int]:
+    """Mean, population std (ddof=0) and count of the finite `values`: the per-day summary of a metric used by
+    the trainer's metrics.json and by the report (a day whose metric is NaN, e.g. one class only, is left out)."""
+    a = np.asarray(list(values), dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if len(a) == 0:
+        return float("nan"), float("nan"), 0
+    return float(a.mean()), float(a.std()), len(a)
+
+
+def summarise(days: list[dict]) -> dict[str, float]:
+    """Mean and std over days of every per-day metric (`mean_std`): the top level of a run's metrics.json."""
+    out: dict[str, float] = {}
+    for key in ("auc", "gauc", "oracle_auc", "oracle_gauc", "train_samples_per_s", "eval_samples_per_s"):
+        if any(key in d for d in days):
+            out[f"{key}_mean"], out[f"{key}_std"], _ = mean_std(d[key] for d in days if key in d)
+    return out

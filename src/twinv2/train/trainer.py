@@ -8,7 +8,6 @@ Loss (BCE), optimizer (Adam), threads, seeding and checkpoints live here, never 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,19 +16,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from twinv2.config import to_dict
-from twinv2.data.storage import Dataset, EvalDay, write_json_atomic
+from twinv2.data.storage import Dataset, EvalDay, WarmupDay, write_json_atomic
 from twinv2.models.embeddings import ItemVocab
-from twinv2.models.frame import CTRModel, ItemTables, ModelConfig
+from twinv2.models.frame import ItemTables, ModelConfig
 from twinv2.models.registry import build_model, model_class
 from twinv2.offline.store import ClusterSnapshot
 from twinv2.train.batching import Batcher
-from twinv2.train.features import CROSS_BUCKETS, N_DUR, duration_bucket
-from twinv2.train.metrics import auc, gauc
+from twinv2.train.checkpoint import resolved_config, save_checkpoint
+from twinv2.train.features import N_DUR, Features, duration_bucket
+from twinv2.train.metrics import auc, gauc, summarise
 from twinv2.train.optim import SplitAdam
+from twinv2.train.step import batches, train_rows
 
 
 @dataclass(frozen=True)
@@ -78,19 +78,6 @@ def snapshot_for(day: EvalDay, snapshots: list[ClusterSnapshot]) -> ClusterSnaps
     return max(ok, key=lambda s: s.snapshot_ts) if ok else None
 
 
-def save_checkpoint(path: Path, model: CTRModel, cfg: TrainConfig, vocab: ItemVocab, extra: dict[str, Any]) -> None:
-    """Atomic write of weights + resolved config; loadable with torch.load(weights_only=True)."""
-    body = {"model": cfg.model, "config": to_dict(cfg), "state_dict": model.state_dict(),
-            "item_ids": torch.from_numpy(vocab.item_ids.copy()), **extra}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(body, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 class StreamingTrainer:
     def __init__(self, ds: Dataset, cfg: TrainConfig, snapshots: list[ClusterSnapshot] | None = None,
                  item_vectors: np.ndarray | None = None, out_dir: str | Path | None = None,
@@ -101,50 +88,53 @@ class StreamingTrainer:
         torch.manual_seed(cfg.seed)
         torch.set_num_threads(cfg.threads)
         self.vocab, tables = item_tables(ds)
-        self.model = build_model(cfg.model, tables, cfg.model_cfg, CROSS_BUCKETS, item_vectors=item_vectors)
+        feats = Features.for_dataset(ds, model_class(cfg.model).sequence)  # train/features.py: the one contract
+        self.model = build_model(cfg.model, tables, cfg.model_cfg, feats.cross_buckets, feats.user_buckets,
+                                 item_vectors=item_vectors)
         if cfg.item_init == "embeddings" and init_vectors is None:
             raise ValueError("item_init='embeddings' needs the item embedding table (run `twinv2 embed` first)")
         self.item_init = "random" if cfg.item_init == "random" or init_vectors is None else "embeddings"
         if self.item_init == "embeddings":
             self.model.items.load_pretrained(init_vectors)
-        self.batcher = Batcher(ds, self.vocab, self.model.sequence, self.model.seq_len)
+        self.batcher = Batcher(ds, self.vocab, self.model.sequence, self.model.seq_len, features=feats)
+        self.cfg = resolved_config(cfg, self.model)  # what metrics.json and the checkpoints record
         self.opt = SplitAdam(self.model, cfg.lr)
-        self.loss = nn.BCEWithLogitsLoss()
-
-    def _batches(self, df: pd.DataFrame, size: int):
-        for s in range(0, len(df), size):
-            part = df.iloc[s:s + size]
-            yield part, self.batcher.batch(part["user_id"].to_numpy(), part["item_id"].to_numpy(),
-                                           part["ts"].to_numpy(), part["label"].to_numpy())
 
     def train_day(self, df: pd.DataFrame, desc: str) -> dict[str, float]:
-        self.model.train()
-        t0, seen, total = time.perf_counter(), 0, 0.0
-        bar = tqdm(total=len(df), desc=desc, unit="sample", disable=not self.progress, leave=False)
-        for part, batch in self._batches(df, self.cfg.batch_size):
-            loss = self.loss(self.model(batch), batch.label)
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-            seen += len(part)
-            total += float(loss.detach()) * len(part)
-            bar.update(len(part))
-        bar.close()
-        sec = time.perf_counter() - t0
-        return {"train_loss": total / max(seen, 1), "train_seconds": sec, "train_samples_per_s": seen / max(sec, 1e-9)}
+        with tqdm(total=len(df), desc=desc, unit="sample", disable=not self.progress, leave=False) as bar:
+            return train_rows(self.model, self.opt, self.batcher, df, self.cfg.batch_size, bar.update)
 
     @torch.no_grad()
     def predict(self, df: pd.DataFrame) -> tuple[np.ndarray, float]:
         self.model.eval()
         t0, out = time.perf_counter(), []
-        for _, batch in self._batches(df, self.cfg.eval_batch_size):
+        for _, batch in batches(self.batcher, df, self.cfg.eval_batch_size):
             out.append(torch.sigmoid(self.model(batch)).numpy())
         sec = time.perf_counter() - t0
         return (np.concatenate(out) if out else np.zeros(0, np.float32)), len(df) / max(sec, 1e-9)
 
+    def _warmup_day(self, day: WarmupDay, samples: pd.DataFrame) -> dict[str, Any]:
+        """One pass over a train-only warm-up day (every hour trains, none is tested), with the same
+        snapshot rule and per-day subsample as an evaluation day's training hours."""
+        if self.model.sequence == "clusters":
+            snap = snapshot_for(day, self.snapshots)
+            if snap is None:
+                raise ValueError(f"model {self.cfg.model} needs a cluster snapshot taken at or before the start "
+                                 f"of warm-up day {day.label} ({day.start_ms}); run `twinv2 cluster "
+                                 f"--snapshot-before {day.start_ms}`")
+            self.batcher.use_snapshot(snap, day)
+        train = samples[(samples["ts"] >= day.start_ms) & (samples["ts"] < day.end_ms)]
+        if self.cfg.max_train_per_day and len(train) > self.cfg.max_train_per_day:
+            keep = np.random.default_rng([self.cfg.seed, day.index, 1]).choice(  # 3 words: not an eval day's
+                len(train), self.cfg.max_train_per_day, replace=False)
+            train = train.iloc[np.sort(keep)]
+        stats = self.train_day(train, f"{self.cfg.model} warm-up {day.label}")
+        return {"day": day.index, "label": day.label, "n_train": len(train), **stats}
+
     def run(self) -> dict[str, Any]:
         samples = self.ds.samples()
         days = self.ds.eval_days
+        warmup = [self._warmup_day(d, samples) for d in self.ds.warmup_days]  # train-only days, in time order
         results = []
         for day in days:
             if self.model.sequence == "clusters":
@@ -173,11 +163,12 @@ class StreamingTrainer:
             if self.out:
                 self.out.mkdir(parents=True, exist_ok=True)
                 save_checkpoint(self.out / "checkpoint.pt", self.model, self.cfg, self.vocab, {"day": day.index})
-                pred = test[["user_id", "item_id", "ts", "label"]].assign(score=scores, day=day.index)
+                pred = test.filter(["user_id", "item_id", "ts", "label", "p_true"]).assign(score=scores, day=day.index)
                 pred.to_parquet(self.out / f"predictions-day{day.index}.parquet", index=False)
         summary = summarise(results)
         summary.update({"model": self.cfg.model, "config": to_dict(self.cfg), "item_init": self.item_init,
-                        "days": results})
+                        "days": results,
+                        "warmup_days": warmup})
         if self.out:
             write_json_atomic(self.out / "metrics.json", summary)
         return summary
@@ -192,14 +183,3 @@ class StreamingTrainer:
             m["oracle_auc"] = auc(y, p)
             m["oracle_gauc"] = gauc(u, y, p)[0]
         return m
-
-
-def summarise(days: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and (population) std over days of every per-day metric."""
-    out: dict[str, Any] = {}
-    for key in ("auc", "gauc", "oracle_auc", "oracle_gauc", "train_samples_per_s", "eval_samples_per_s"):
-        vals = np.array([d[key] for d in days if key in d], dtype=np.float64)
-        if len(vals):
-            out[f"{key}_mean"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
-            out[f"{key}_std"] = float(np.nanstd(vals)) if np.isfinite(vals).any() else float("nan")
-    return out

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twinv2.bench.cluster import (RAW_ROW_BYTES, SyntheticWorld, _targets, bench_cluster, format_bench,
-                                  kuairand_like_ratios)
+from twinv2.offline.table4 import (RAW_ROW_BYTES, SyntheticWorld, _targets, bench_cluster, format_bench,
+                                    kuairand_like_ratios)
 from twinv2.data.storage import ShardedWriter, eval_days, prepare_dir, write_manifest, write_table
 from twinv2.offline.embed import EmbeddingTable
 from twinv2.offline.store import ROW_BYTES

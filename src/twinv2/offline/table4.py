@@ -1,4 +1,5 @@
-"""`twinv2 bench cluster`: the paper's Table 4 (hierarchical clustering variants) measured on one set of users.
+"""The paper's Table 4 (hierarchical clustering variants) measured on one set of users: `twinv2 bench cluster`
+and the experiment's Table 4 both run `bench_cluster`.
 
 For each variant — adaptive (TWIN-V2), binary, balanced_binary, and a reference row that runs the same
 Algorithm 1 with scikit-learn's k-means++ — the same users are clustered one after another on one core and we
@@ -24,10 +25,11 @@ from typing import Any
 import numpy as np
 
 from twinv2.offline import store
+from twinv2.schema import BEHAVIOUR_ROW_BYTES
 from twinv2.offline.job import ClusterJobConfig, _cluster_user, history_cuts, limit_threads
 
 VARIANTS = ("adaptive", "binary", "balanced_binary")
-RAW_ROW_BYTES = 5 * 8  # user_id, item_id, ts, play_ms, duration_ms as int64
+RAW_ROW_BYTES = BEHAVIOUR_ROW_BYTES  # user_id, item_id, ts, play_ms, duration_ms as int64
 TARGETS = {
     "adaptive_median_sec": 0.050,  # at T = 14,500 on one core
     "big_user_sec": 5.0,  # one user with 10^6 behaviours
