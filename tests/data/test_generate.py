@@ -232,6 +232,20 @@ def test_life_lengths_heavy_tailed_within_bounds(tiny):
     assert n[lvl == 0].max() <= n[lvl == 1].min() and n[lvl == 1].max() <= n[lvl == 2].min()
 
 
+def test_truth_behaviours_name_the_interest_that_drew_each_behaviour(tiny):
+    beh = _all(tiny, "behaviours")
+    who = _all(tiny, "truth/behaviours")
+    assert (who["user_id"].to_numpy() == beh["user_id"].to_numpy()).all()  # row-aligned with behaviours/
+    assert abs((who["interest"] == -1).mean() - preset("tiny").explore) < 0.01  # exploration rows
+    ints = pd.concat([pd.read_parquet(p) for p in sorted((tiny.root / "truth" / "interests").glob("*.parquet"))])
+    ints = ints.assign(k=ints.groupby("user_id").cumcount())
+    topic = np.load(tiny.root / "truth" / "item_topic.npy")
+    drawn = who.assign(topic=topic[beh["item_id"].to_numpy() - 1])[who["interest"] >= 0]
+    joined = drawn.merge(ints[["user_id", "k", "topic"]], left_on=["user_id", "interest"], right_on=["user_id", "k"],
+                         suffixes=("", "_interest"))
+    assert len(joined) == len(drawn) and (joined["topic"] == joined["topic_interest"]).all()
+
+
 def test_interest_kinds_all_present(tiny):
     ints = pd.concat([pd.read_parquet(p) for p in sorted((tiny.root / "truth" / "interests").glob("*.parquet"))])
     assert set(ints["kind"].unique().tolist()) == set(range(len(KINDS)))
@@ -241,7 +255,7 @@ def test_interest_kinds_all_present(tiny):
 def test_shards_without_users_still_get_every_file(tmp_path):
     root = generate_world(preset("tiny", n_users=3, n_shards=8), tmp_path / "few", workers=1, progress=False)
     ds = Dataset(root)
-    for table in ("behaviours", "samples", "truth/interests", "truth/impressions"):
+    for table in ("behaviours", "samples", "truth/interests", "truth/impressions", "truth/behaviours"):
         parts = sorted(p.name for p in (root / table).glob("*.parquet"))
         assert parts == [f"part-{s:05d}.parquet" for s in range(8)], table
     assert len(_all(ds, "behaviours")) == ds.manifest["counts"]["behaviours"] == ds.users()["life_length"].sum()

@@ -81,6 +81,26 @@ def eval_days(first_day_start_ms: int, n_days: int = 5) -> list[EvalDay]:
     return out
 
 
+@dataclass(frozen=True)
+class WarmupDay:
+    """One train-only warm-up day before the evaluation days: every hour [start_ms, end_ms) is training and
+    nothing of it is ever tested (generated worlds' `warmup_days`). Like EvalDay, but with no test hour."""
+
+    index: int
+    label: str
+    start_ms: int
+
+    @property
+    def end_ms(self) -> int:
+        return self.start_ms + DAY_MS
+
+
+def warmup_days(first_eval_start_ms: int, n_days: int) -> list[WarmupDay]:
+    """The `n_days` consecutive days that end where the first evaluation day starts, in time order."""
+    first = first_eval_start_ms - n_days * DAY_MS
+    return [WarmupDay(index=d.index, label=d.label, start_ms=d.start_ms) for d in eval_days(first, n_days)]
+
+
 def _schema_for(spec: TableSpec, extras: dict[str, str]) -> pa.Schema:
     fields = [pa.field(c.name, pa.from_numpy_dtype(np.dtype(c.dtype))) for c in spec.columns]
     fields += [pa.field(name, pa.from_numpy_dtype(np.dtype(dt))) for name, dt in extras.items()]
@@ -220,6 +240,19 @@ class Dataset:
     @property
     def eval_days(self) -> list[EvalDay]:
         return [EvalDay(**d) for d in self.manifest["eval_days"]]
+
+    @property
+    def warmup_days(self) -> list[WarmupDay]:
+        """Train-only days before the evaluation days, in time order ([] when the manifest has none: imported
+        data, or a world generated with warmup_days = 0)."""
+        return [WarmupDay(**d) for d in self.manifest.get("warmup_days", [])]
+
+    @property
+    def first_train_day_ms(self) -> int:
+        """Start of the first day with training samples: the first warm-up day, else the first evaluation day.
+        Offline stages that must see nothing of any sample day (cluster snapshots) cut here."""
+        days = self.warmup_days or self.eval_days
+        return int(days[0].start_ms)
 
     @property
     def cross_features(self) -> list[str]:

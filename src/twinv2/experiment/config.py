@@ -13,7 +13,7 @@ from typing import Any
 
 from twinv2.config import from_dict, load_yaml, to_dict
 from twinv2.data.generate import WorldConfig, preset
-from twinv2.models.registry import MODELS
+from twinv2.models.names import MODELS
 from twinv2.offline.embed import EmbedConfig
 from twinv2.offline.job import ClusterJobConfig
 from twinv2.train.trainer import TrainConfig
@@ -100,16 +100,22 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 # Presets. Why these sizes: `demo` must compare all ten models, the ablations, a three-point sweep and KuaiRand
-# within 15 minutes on a 2-core machine, so its world is small (300 users x ~4k behaviours, 20k items) and
-# each day trains on a 2,000-sample subsample (29 training runs in all): its numbers show the pipeline, not
-# settled conclusions.
+# within 15 minutes on a 2-core machine, so its world is small (300 users x ~4k behaviours, 20k items): its
+# numbers show the pipeline, not settled conclusions. It keeps the `small` world's shapes (warm-up days,
+# requests of 10, impressions following each user's watching) with 9 impressions per behaviour instead of
+# 1.25, because 300 short-lived users would otherwise give ~2,200 samples a day: ~18,000 a day gives test hours
+# of ~1,000 samples (5,120 over five days, measured; was 2,349). Four warm-up days and 2,500 training samples a
+# day give each model 22,500 (was 10,000); from the measured training rates (sum over the ten models ~0.010 s
+# per sample on this box, SDIM and SIM Soft the slowest) that adds ~2.5 minutes of training, the sweep ~1 more.
+# The learning curve says TWIN needs ~200k samples to draw level with SIM Hard: out of the demo's reach.
 # `small` is the larger run (the `small` world: 2,000 users x 14.5k behaviours, 200k items) with
-# 10,000 training samples per day (of ~49,000); `paper` is paper-shaped (20,000 users) for a bigger box.
+# 10,000 training samples a day (of ~53,000) over its 5 warm-up and 5 evaluation days: 100k per model, the
+# curve's point where TWIN passed 0.78; `paper` is paper-shaped (20,000 users) for a bigger box.
 _DEMO_WORLD = {"n_users": 300, "n_items": 20_000, "n_authors": 2_000, "length_mean": 4_000.0,
-               "length_max": 30_000, "n_shards": 4}
+               "length_max": 30_000, "n_shards": 4, "warmup_days": 4, "impressions_per_behaviour": 9.0}
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {"name": "demo", "world_preset": "small", "world": _DEMO_WORLD,
-             "train": {"max_train_per_day": 2_000}, "embed": {"max_pairs": 2_000_000},
+             "train": {"max_train_per_day": 2_500}, "embed": {"max_pairs": 2_000_000},
              "cluster_bench_users": 2, "sweep_world": {"n_users": 100}},
     "small": {"name": "small", "world_preset": "small", "train": {"max_train_per_day": 10_000},
               "cluster_bench_users": 5, "sweep_world": {"n_users": 300}},

@@ -152,6 +152,7 @@ class Experiment:
         if path.exists():
             return "skipped"
         write_json_atomic(path, compute_stats(Dataset(root)))
+        _ensure_premise(Dataset(root))
         return None
 
     def _embed(self, root: Path) -> str | None:
@@ -167,14 +168,20 @@ class Experiment:
         from twinv2.train.run import find_snapshots
 
         ds = Dataset(root)
-        first = ds.eval_days[0].start_ms  # clusters from before the first evaluation day: no day sees its future
-        if any(s.snapshot_ts == first for s in find_snapshots(ds)):
+        # Clusters from before the first evaluation day, so no day sees its future; with warm-up days also one
+        # from before the first warm-up day, which those train-only days use (the trainer takes the latest
+        # snapshot at or before each day's start), so the evaluation days' clusters are the same either way.
+        cuts = sorted({ds.first_train_day_ms, ds.eval_days[0].start_ms})
+        have = {s.snapshot_ts for s in find_snapshots(ds)}
+        if have >= set(cuts):
             return "skipped"
-        run_cluster_job(root, first, None, self.cfg.cluster_config(), progress=self.progress)
+        for cut in cuts:
+            if cut not in have:
+                run_cluster_job(root, cut, None, self.cfg.cluster_config(), progress=self.progress)
         return None
 
     def _cluster_bench(self, root: Path, path: Path) -> str | None:
-        from twinv2.bench.cluster import bench_cluster
+        from twinv2.offline.table4 import bench_cluster
 
         if path.exists():
             return "skipped"
@@ -201,6 +208,15 @@ class Experiment:
         problems = check_report(self.out)
         if problems:
             raise ValueError("the report disagrees with the runs' metrics.json:\n  " + "\n  ".join(problems))
+
+
+def _ensure_premise(ds: Dataset) -> None:
+    """DATASET/premise.json for a generated world that lacks it (generate_world writes it; a world made by an
+    older version may not have it). The report reads it; imported data has no truth to measure from."""
+    from twinv2.data.premise import premise_path, write_premise
+
+    if ds.manifest.get("source") == "generated" and not premise_path(ds.root).exists():
+        write_premise(ds.root)
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True) -> Path:

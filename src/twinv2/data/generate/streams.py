@@ -26,6 +26,7 @@ from twinv2.data.storage import DAY_MS, HOUR_MS
 SESSION_BREAK_MS = 30 * 60 * 1000  # a gap longer than this starts a new session (interest stickiness stops)
 CURRENT, DORMANT, POPULAR, RANDOM = range(4)  # impression sources, in candidate_mix order
 LOGIT_CLIP = 15.0  # keeps p_true strictly inside (0, 1) even as float32
+REDRAW_ROUNDS = 8  # a repeat left after this many redraws (a tiny topic) stays: rare, and harmless to labels
 TERMS = ("a_cur", "a_far", "fav_cur", "fav_far", "pop", "rec")  # inputs of click_logit, in truth/impressions
 
 
@@ -49,6 +50,7 @@ class UserDraw:
     b_affinity: np.ndarray  # (L,) float64
     b_noise: np.ndarray  # (L,) float64 standard normal, the watch score's noise
     b_unknown_dur: np.ndarray  # (L,) bool
+    b_interest: np.ndarray  # (L,) int8 the interest (row of `interests`) that drew the behaviour, -1 exploration
     s_ts: np.ndarray  # (S,) int64 sorted
     s_item: np.ndarray  # (S,) int64 item index
     s_source: np.ndarray  # (S,) int8 CURRENT / DORMANT / POPULAR / RANDOM
@@ -104,7 +106,7 @@ def _local_affinities(world: ItemWorld, ints: Interests) -> tuple[np.ndarray, np
 
 def simulate_user(rng: np.random.Generator, length: int, life_start: int, level: int, world: ItemWorld,
                   cfg: WorldConfig, topic_mass: np.ndarray) -> UserDraw:
-    """Draw one user's interests, `length` behaviours and the impressions of the evaluation days."""
+    """Draw one user's interests, `length` behaviours and the impressions of the warm-up and evaluation days."""
     hours_cum = np.cumsum(hour_profile())[:-1]
     ints = draw_interests(rng, life_start, world, cfg, topic_mass)
     n, n_int = int(length), len(ints.topic)
@@ -154,28 +156,56 @@ def simulate_user(rng: np.random.Generator, length: int, life_start: int, level:
     aff = aff32.astype(np.float64)
     noise = rng.standard_normal(n)
 
-    # -- impressions on the evaluation days ----------------------------------------------------------------
-    per_day = rng.poisson(cfg.impressions_per_day[level], cfg.n_eval_days)
-    s = int(per_day.sum())
-    day = np.repeat(np.arange(cfg.n_eval_days), per_day)
-    hour = np.searchsorted(hours_cum, rng.random(s), side="right")
-    s_ts = np.sort(cfg.eval_start_ms + day * DAY_MS + hour * HOUR_MS + rng.integers(0, HOUR_MS, s))
+    # -- impressions on the warm-up and evaluation days: requests of request_size candidates each ----------
+    # (With warmup_days = 0 and request_size = 1 these are the very draws of the original world.)
+    n_days, size = cfg.warmup_days + cfg.n_eval_days, cfg.request_size
+    if cfg.impressions_per_behaviour > 0:  # in proportion to the user's own daily behaviours
+        rate = cfg.impressions_per_behaviour * n * DAY_MS / max(end_ms(cfg) - life_start, DAY_MS)
+    else:
+        rate = cfg.impressions_per_day[level]
+    per_day = rng.poisson(rate / size, n_days)
+    r = int(per_day.sum())
+    day = np.repeat(np.arange(n_days), per_day)
+    hour = np.searchsorted(hours_cum, rng.random(r), side="right")
+    s_ts = np.sort(cfg.first_day_ms + day * DAY_MS + hour * HOUR_MS + rng.integers(0, HOUR_MS, r))
+    s_ts = np.repeat(s_ts, size)  # every candidate of a request shares its user and time
+    s = len(s_ts)
     u_src_s, u_k_s, u_item_s, u_label = rng.random((4, s))
     source = np.minimum(np.searchsorted(np.cumsum(cfg.candidate_mix), u_src_s, side="right"), RANDOM).astype(np.int8)
     act_s = ints.active(s_ts)
     far_s = ints.dormant(s_ts, act_s)
     k_cur, k_dorm = choose(act_s, ints.strength, u_k_s), choose(far_s, ints.strength, u_k_s)
     source[(source == DORMANT) & (k_dorm < 0)] = RANDOM  # nothing is dormant yet: fall back to a random item
-    s_item = np.minimum((u_item_s * world.n_items).astype(np.int64), world.n_items - 1)
-    for src, kk in ((CURRENT, k_cur), (DORMANT, k_dorm)):
-        m = source == src
-        s_item[m] = world.draw_in_topic(ints.topic[kk[m]], u_item_s[m])[0]
-    m = source == POPULAR
-    s_item[m] = world.draw_popular(u_item_s[m])
+    s_item = _candidates(world, ints, source, k_cur, k_dorm, u_item_s)
+    if size > 1:  # a page never shows one item twice: redraw repeats inside a request from fresh uniforms
+        for _ in range(REDRAW_ROUNDS):
+            dup = _repeats(s_item.reshape(-1, size)).ravel()
+            if not dup.any():
+                break
+            s_item[dup] = _candidates(world, ints, source[dup], k_cur[dup], k_dorm[dup], rng.random(int(dup.sum())))
     terms = _click_terms(world, ints, act_s, far_s, s_item, s_ts, ts, item, cfg.recency_window)
     return UserDraw(interests=ints, b_ts=ts, b_item=item, b_affinity=aff, b_noise=noise,
-                    b_unknown_dur=u_dur < cfg.unknown_duration_share, s_ts=s_ts, s_item=s_item,
+                    b_unknown_dur=u_dur < cfg.unknown_duration_share,
+                    b_interest=np.where(explore, -1, k).astype(np.int8), s_ts=s_ts, s_item=s_item,
                     s_source=source, s_terms=terms, s_u=u_label)
+
+
+def _candidates(world: ItemWorld, ints: Interests, source: np.ndarray, k_cur: np.ndarray, k_dorm: np.ndarray,
+                u: np.ndarray) -> np.ndarray:
+    """Item index of each candidate from its source (random by default), one uniform each."""
+    item = np.minimum((u * world.n_items).astype(np.int64), world.n_items - 1)
+    for src, kk in ((CURRENT, k_cur), (DORMANT, k_dorm)):
+        m = source == src
+        item[m] = world.draw_in_topic(ints.topic[kk[m]], u[m])[0]
+    m = source == POPULAR
+    item[m] = world.draw_popular(u[m])
+    return item
+
+
+def _repeats(items: np.ndarray) -> np.ndarray:
+    """(R, N) bool: the candidate repeats an earlier one of its request (row)."""
+    same = items[:, :, None] == items[:, None, :]  # (R, N, N)
+    return np.tril(same, k=-1).any(axis=2)
 
 
 def _click_terms(world: ItemWorld, ints: Interests, act: np.ndarray, far: np.ndarray, item: np.ndarray,

@@ -88,9 +88,10 @@ def draw_lengths_spans(rng: np.random.Generator, n: int, cfg: WorldConfig) -> tu
     lengths = np.clip(np.rint(lengths), cfg.length_min, cfg.length_max).astype(np.int64)
     total = history_days(cfg)
     span = np.ceil(total * rng.beta(2.0, 1.0, n)).astype(np.int64)
-    # A heavy user cannot fit in a week; every user lives through the evaluation days and a day before them.
+    # A heavy user cannot fit in a week; every user lives through the warm-up and evaluation days and a day
+    # before them (so no impression comes before its user's first behaviour).
     span = np.clip(np.maximum(span, np.ceil(lengths / cfg.max_daily_behaviours).astype(np.int64)),
-                   cfg.n_eval_days + 1, total)
+                   cfg.warmup_days + cfg.n_eval_days + 1, total)
     return lengths, end_ms(cfg) - span * DAY_MS
 
 

@@ -30,7 +30,9 @@ from twinv2.data.generate.config import WorldConfig
 from twinv2.data.generate.items import ItemWorld, build_items, user_rng
 from twinv2.data.generate.streams import TERMS, Calibration, UserDraw, finish_user, simulate_user
 from twinv2.data.generate.users import user_table
-from twinv2.data.storage import ShardedWriter, eval_days, part_name, prepare_dir, shard_of, write_manifest, write_table
+from twinv2.data.premise import write_premise
+from twinv2.data.storage import (ShardedWriter, eval_days, part_name, prepare_dir, shard_of, warmup_days,
+                                 write_manifest, write_table)
 from twinv2.schema import BEHAVIOURS, SAMPLES
 
 FLUSH_ROWS = 1 << 20  # behaviour rows buffered per shard before a Parquet write (~40 MB)
@@ -50,7 +52,13 @@ interests/part-*.parquet    per user: kind (0 persistent, 1 seasonal, 2 old, 3 r
 impressions/part-*.parquet  per sample (same order as samples/): source (0 current interest, 1 dormant
                             interest, 2 popular, 3 random) and the click-model terms a_cur, a_far, fav_cur,
                             fav_far, pop, rec (see twinv2.data.generate.streams.click_logit)
+behaviours/part-*.parquet   per behaviour (same order as behaviours/): the interest that drew it (its row
+                            among the user's rows in interests/), -1 for exploration (popular or random)
 calibration.json     the pilot's watch-score quantiles and click bias
+
+../premise.json      the world's premise measured from this folder (twinv2.data.premise): share of test
+                     samples whose target interest has evidence only beyond the latest 10,000 behaviours,
+                     and the oracle AUC with and without that evidence
 """
 
 
@@ -94,7 +102,8 @@ def _world(root: str, zipf_exponent: float) -> ItemWorld:
     return _WORLDS[root]
 
 
-def _truth_rows(draw: UserDraw, user_id: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _truth_rows(draw: UserDraw, user_id: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
+                                                       dict[str, np.ndarray]]:
     i = draw.interests
     k, s = len(i.kind), len(draw.s_ts)
     ints = {"user_id": np.full(k, user_id, dtype=np.int64), "kind": i.kind, "topic": i.topic,
@@ -102,7 +111,8 @@ def _truth_rows(draw: UserDraw, user_id: int) -> tuple[dict[str, np.ndarray], di
             "phase_ms": i.phase_ms, "on_ms": i.on_ms, "first_on_ms": i.first_on_ms, "fav_author": i.fav_author}
     imp = {"user_id": np.full(s, user_id, dtype=np.int64), "ts": draw.s_ts, "item_id": draw.s_item + 1,
            "source": draw.s_source, **{name: v.astype(np.float32) for name, v in draw.s_terms.items()}}
-    return ints, imp
+    beh = {"user_id": np.full(len(draw.b_ts), user_id, dtype=np.int64), "interest": draw.b_interest}
+    return ints, imp, beh
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -115,6 +125,7 @@ INTEREST_SCHEMA = pa.schema([("user_id", pa.int64()), ("kind", pa.int8()), ("top
                              ("first_on_ms", pa.int64()), ("fav_author", pa.int64())])
 IMPRESSION_SCHEMA = pa.schema([("user_id", pa.int64()), ("ts", pa.int64()), ("item_id", pa.int64()),
                                ("source", pa.int8())] + [(t, pa.float32()) for t in TERMS])
+BEHAVIOUR_TRUTH_SCHEMA = pa.schema([("user_id", pa.int64()), ("interest", pa.int8())])
 
 
 class _TruthStream:
@@ -149,7 +160,8 @@ def run_shard(job: ShardJob, world: ItemWorld | None = None,
     name = part_name(job.shard)
     iw = _TruthStream(root / "truth" / "interests" / name, INTEREST_SCHEMA)
     tw = _TruthStream(root / "truth" / "impressions" / name, IMPRESSION_SCHEMA)
-    bufs: dict[str, list[dict[str, np.ndarray]]] = {"b": [], "s": [], "i": [], "t": []}
+    hw = _TruthStream(root / "truth" / "behaviours" / name, BEHAVIOUR_TRUTH_SCHEMA)
+    bufs: dict[str, list[dict[str, np.ndarray]]] = {"b": [], "s": [], "i": [], "t": [], "h": []}
     buffered = done = 0
 
     def flush() -> None:
@@ -159,6 +171,7 @@ def run_shard(job: ShardJob, world: ItemWorld | None = None,
             sw.append(job.shard, _concat(bufs["s"]))
         iw.append(bufs["i"])
         tw.append(bufs["t"])
+        hw.append(bufs["h"])
         for v in bufs.values():
             v.clear()
 
@@ -166,8 +179,9 @@ def run_shard(job: ShardJob, world: ItemWorld | None = None,
         draw = simulate_user(user_rng(cfg.seed, uid), int(job.length[j]), int(job.life_start[j]),
                              int(job.level[j]), world, cfg, mass)
         beh, smp = finish_user(draw, uid, world, cfg, job.cal)
-        ints, imp = _truth_rows(draw, uid)
+        ints, imp, beh_truth = _truth_rows(draw, uid)
         bufs["b"].append(beh)
+        bufs["h"].append(beh_truth)
         bufs["i"].append(ints)
         if len(smp["ts"]):
             bufs["s"].append(smp)
@@ -186,6 +200,7 @@ def run_shard(job: ShardJob, world: ItemWorld | None = None,
     sw.close(shards=[job.shard])
     iw.close()
     tw.close()
+    hw.close()
     if report is not None and done:
         report(done)
     return job.shard, int(bw.rows[job.shard]), int(sw.rows[job.shard])
@@ -269,10 +284,15 @@ def _generate(cfg: WorldConfig, root: Path, n_workers: int, progress: bool) -> P
         "n_shards": cfg.n_shards,
         "counts": {"users": cfg.n_users, "items": cfg.n_items, "behaviours": n_beh, "samples": n_smp},
         "eval_days": [dataclasses.asdict(d) for d in days],
+        # Train-only days before the evaluation days (Dataset.warmup_days); their samples are never tested.
+        "warmup_days": [dataclasses.asdict(d) for d in warmup_days(cfg.eval_start_ms, cfg.warmup_days)],
         "cross_features": [],
         "sample_extras": ["p_true"],
         "config": to_dict(cfg),
         "seed": cfg.seed,
         "calibration": {"bias": cal.bias, "affinity_mean": cal.affinity_mean, "affinity_std": cal.affinity_std},
     })
+    # The premise (share of test samples with evidence only beyond the latest 10,000 behaviours, and the
+    # oracle's ceiling for a life-cycle gain), measured from the truth; a sidecar like embeddings/ and clusters/.
+    write_premise(root)
     return root
