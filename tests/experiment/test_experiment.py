@@ -77,7 +77,7 @@ def _table_rows(md: str, heading: str) -> dict[str, list[str]]:
 def test_end_to_end_on_tiny(tmp_path, kuairand_dir):
     cfg = ExperimentConfig(
         name="e2e", world_preset="tiny", train={"max_train_per_day": 150, "eval_batch_size": 256},
-        embed={"max_pairs": 50_000}, cluster={"workers": 1}, cluster_bench_users=2,
+        embed={"max_pairs": 50_000}, cluster={"workers": 1}, cluster_bench_users=2, seeds=2,
         sweep_values=(0.0, 1.0), sweep_world={"n_users": 24}, kuairand="27k", kuairand_src=str(kuairand_dir))
     report = run_experiment(cfg, tmp_path / "exp", progress=False)
     exp = tmp_path / "exp"
@@ -90,6 +90,11 @@ def test_end_to_end_on_tiny(tmp_path, kuairand_dir):
         m = json.loads((exp / "main" / "runs" / name / "metrics.json").read_text())
         assert len(m["days"]) == 5 and m["item_init"] == "embeddings"
         assert f"{m['auc_mean']:.4f}" in md and f"{m['gauc_mean']:.4f}" in md, name
+        assert 0.0 <= m["zero_shot_auc_mean"] <= 1.0  # the zero-shot reference rides along every run
+        assert ("retrieval" in m) == (name not in ("avg_pooling", "din", "sdim")), name  # GSU models only
+    for name in ("twin", "twin_v2"):  # the headline models again with another training seed
+        m = json.loads((exp / "main" / "runs" / f"{name}-seed1" / "metrics.json").read_text())
+        assert m["config"]["seed"] == cfg.seed + 1 and len(m["days"]) == 5
     for section in ("ablation/no_ln_gsu", "ablation/no_ln_esu", "ablation/no_ln_both"):
         assert (exp / "main" / section / "metrics.json").exists()
     for v in ("0.0", "1.0"):

@@ -113,7 +113,7 @@ def test_extra_columns_and_user_features_reach_the_batch_and_the_model(world_wit
     users = ds.users().set_index("user_id")["activity"]
     assert b.user.shape == (31, 1)
     assert b.user[:, 0].tolist() == numeric_bucket(users.loc[s.user_id.values].to_numpy()).tolist()
-    model = build_model("din", tables, ModelConfig(), feats.cross_buckets, feats.user_buckets)
+    model = build_model("din", tables, ModelConfig(match_init=0.0), feats.cross_buckets, feats.user_buckets)  # a live tower
     assert model.attn.n_cross == 4 and [e.num_embeddings for e in model.users] == [N_NUMERIC]
     with torch.no_grad():
         out = model(b)

@@ -4,7 +4,7 @@ Folder layout (what twinv2.report reads):
 
     EXP/experiment.json                 resolved config, seed, machine, per-stage seconds, start/finish
     EXP/main/dataset/                   the world (or a link-free copy of nothing: `dataset:` is used in place)
-    EXP/main/stats.json, cluster_bench.json, runs/<model>/, ablation/<variant>/
+    EXP/main/stats.json, cluster_bench.json, runs/<model>/, runs/<model>-seed<k>/, ablation/<variant>/
     EXP/sweep/fps-<value>/dataset/, runs/<model>/
     EXP/kuairand/dataset/, stats.json, runs/<model>/
     EXP/report/report.md, report.html, figures/
@@ -84,6 +84,10 @@ class Experiment:
             st.append(("cluster bench", lambda: self._cluster_bench(main_ds, main / "cluster_bench.json")))
         for m in c.models:
             st.append((f"train main/{m}", lambda m=m: self._train(main_ds, m, main / "runs" / m)))
+        for k in range(1, c.seeds):  # the headline models again with other training seeds (the seed spread)
+            for m in (m for m in c.seed_models if m in c.models):
+                st.append((f"train main/{m}-seed{k}",
+                           lambda m=m, k=k: self._train(main_ds, m, main / "runs" / f"{m}-seed{k}", seed=c.seed + k)))
         if c.ablation and "twin_v2" in c.models:
             for name, att in ABLATIONS.items():
                 st.append((f"train ablation/{name}",
@@ -96,6 +100,10 @@ class Experiment:
                    (f"cluster sweep {v}", lambda ds=ds: self._cluster(ds))]
             for m in c.sweep_models:
                 st.append((f"train sweep {v}/{m}", lambda ds=ds, m=m, root=root: self._train(ds, m, root / "runs" / m)))
+            for k in range(1, c.seeds):  # the sweep's verdict needs the seed spread too (issue 11: >= 3 seeds)
+                for m in (m for m in c.sweep_models if m in c.seed_models):
+                    st.append((f"train sweep {v}/{m}-seed{k}", lambda ds=ds, m=m, k=k, root=root: self._train(
+                        ds, m, root / "runs" / f"{m}-seed{k}", seed=c.seed + k)))
         if c.kuairand:
             kr = self.out / "kuairand"
             st += [("import kuairand", lambda: self._import(kr / "dataset")),
@@ -191,12 +199,13 @@ class Experiment:
         write_json_atomic(path, result)
         return None
 
-    def _train(self, root: Path, model: str, out: Path, attention: dict[str, Any] | None = None) -> str | None:
+    def _train(self, root: Path, model: str, out: Path, attention: dict[str, Any] | None = None,
+               seed: int | None = None) -> str | None:
         from twinv2.train.run import train_one
 
         if (out / "metrics.json").exists():
             return "skipped"
-        r = train_one(Dataset(root), self.cfg.train_config(model, attention), out, progress=self.progress)
+        r = train_one(Dataset(root), self.cfg.train_config(model, attention, seed), out, progress=self.progress)
         self._say(f"  {out.relative_to(self.out)}: AUC {r['auc_mean']:.4f} ± {r['auc_std']:.4f}, "
                   f"GAUC {r['gauc_mean']:.4f} ± {r['gauc_std']:.4f}")
         return None

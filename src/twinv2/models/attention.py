@@ -39,11 +39,15 @@ class AttentionConfig:
     log_n_gsu: bool = True  # add ln n in the GSU (Figure 4 ablation switch)
     log_n_esu: bool = True  # add ln n in the ESU (Figure 4 ablation switch)
     gsu_chunk: int = 64  # samples per no-grad GSU chunk (also capped so a (chunk, U) block stays <= 64 MB)
+    init_temperature: float = 10.0  # κ: at init the head-mean item term is κ × cos(target, item) (see
+    #  `TargetAttention.start_item_term`); measured on demo, see the module docstring
 
     def __post_init__(self) -> None:
         for name in ("dim", "heads", "head_dim", "out_dim", "cross_dim", "top_k", "gsu_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AttentionConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.init_temperature > 0:
+            raise ValueError(f"AttentionConfig.init_temperature must be > 0, got {self.init_temperature}")
 
 
 class TargetAttention(nn.Module):
@@ -66,6 +70,31 @@ class TargetAttention(nn.Module):
         self.w_v = nn.Linear(D, H * d, bias=False)
         self.w_vc = nn.Linear(max(J, 1) * E, H * d, bias=False)
         self.w_o = nn.Linear(H * d, cfg.out_dim, bias=False)
+
+    @torch.no_grad()
+    def start_item_term(self, scale: float) -> None:
+        """Initialise so that at step 0 the attention follows the item similarity, for item vectors of RMS
+        norm `scale` (CTRModel.start_neutral passes the loaded vectors' norm).
+
+        W^q = W^h = g Q with Q (H·d, D) orthonormal columns, so Σ_h W^h_h W^h_hᵀ = g² I and the head-mean item
+        term is g² e_t · e_l / (H sqrt(d)) = κ cos(e_t, e_l) for vectors of norm `scale` when
+        g² = κ H sqrt(d) / scale²: the GSU ranks by the item similarity. β = 0 and W^v_c = 0: the cross
+        features start with no say in the score or the value (their tables still learn once β moves).
+        W^v = Q' and W^o = Q'ᵀ (Q' orthonormal): the ESU's output starts as the attention-weighted mean of the
+        item vectors (exactly so where the heads agree). Why: with torch's default init the item term had sd
+        0.019 against 0.81 for the cross term and 0.66 for ln n, and the GSU's top 100 were 16.1% same-topic as
+        the target (random 15.2%, a cosine top-100 59.4%; demo, issue 11)."""
+        cfg = self.cfg
+        H, d, D = cfg.heads, cfg.head_dim, cfg.dim
+        g = math.sqrt(cfg.init_temperature * H * math.sqrt(d)) / max(scale, 1e-6)
+        q = nn.init.orthogonal_(torch.empty(H * d, D))  # (H·d, D), orthonormal columns when H·d >= D
+        self.w_q.weight.copy_(g * q)
+        self.w_h.weight.copy_(g * q)
+        self.beta.zero_()
+        self.w_vc.weight.zero_()
+        v = nn.init.orthogonal_(torch.empty(H * d, D))  # (H·d, D)
+        self.w_v.weight.copy_(v)
+        self.w_o.weight.copy_(torch.eye(cfg.out_dim, D) @ v.T)  # (out, H·d)
 
     # ---- pieces ----------------------------------------------------------------------------------------
     def query(self, target: torch.Tensor) -> torch.Tensor:

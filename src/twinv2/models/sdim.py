@@ -35,6 +35,9 @@ class SDIM(CTRModel):
         self.register_buffer("lsh", planes)
         self.register_buffer("bit_weights", 2 ** torch.arange(self.n_bits, dtype=torch.uint8), persistent=False)
         self.value = nn.Linear(self.cfg.dim, self.cfg.dim, bias=False)
+        # Identity start: the interest is the collision-weighted mean item vector itself (a random map hid it:
+        # demo SDIM GAUC 0.655 -> 0.729 with the identity, issue 11).
+        nn.init.eye_(self.value.weight)
         return self.cfg.dim
 
     @torch.no_grad()

@@ -62,7 +62,8 @@ def mean_std(values) -> tuple[float, float, int]:
 def summarise(days: list[dict]) -> dict[str, float]:
     """Mean and std over days of every per-day metric (`mean_std`): the top level of a run's metrics.json."""
     out: dict[str, float] = {}
-    for key in ("auc", "gauc", "oracle_auc", "oracle_gauc", "train_samples_per_s", "eval_samples_per_s"):
+    for key in ("auc", "gauc", "oracle_auc", "oracle_gauc", "zero_shot_auc", "zero_shot_gauc",
+                "train_samples_per_s", "eval_samples_per_s"):
         if any(key in d for d in days):
             out[f"{key}_mean"], out[f"{key}_std"], _ = mean_std(d[key] for d in days if key in d)
     return out

@@ -29,16 +29,19 @@ from twinv2.train.checkpoint import resolved_config, save_checkpoint
 from twinv2.train.features import N_DUR, Features, duration_bucket
 from twinv2.train.metrics import auc, gauc, summarise
 from twinv2.train.optim import SplitAdam
+from twinv2.train.retrieval import has_truth, kept_item_ids, retrieval_diagnostics
 from twinv2.train.step import batches, train_rows
+from twinv2.train.zero_shot import reference_model, zero_shot_scores
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "twin_v2"  # a name from models.registry.MODELS
     batch_size: int = 256  # the benchmark's batch; the paper's 8192 suits billions of samples, not ours
-    lr: float = 1e-2  # Adam, every model. The paper's 5e-6 assumes 46B samples; a five-day world gives a few
-    #  hundred steps, and 1e-3 barely leaves the base rate in them (`small`, 10k samples/day, AUC on days 1-2:
-    #  DIN 0.516/0.532 at 1e-3 vs 0.555/0.582 at 1e-2; TWIN-V2 0.509/0.520 vs 0.532/0.554)
+    lr: float = 3e-3  # Adam, every model. The paper's 5e-6 assumes 46B samples; a world of days gives a few
+    #  hundred steps. From the neutral start (CTRModel.start_neutral) the step-0 model already ranks like its
+    #  zero-shot reference, and 1e-2 spent the first day undoing it (demo, all samples, TWIN-V2 AUC 0.760 at
+    #  1e-2 vs 0.775 at 3e-3; 0.746 at 1e-3 on 2,000 a day). Before that start, from random maps, 1e-2 beat 1e-3.
     threads: int = 2  # torch intra-op threads (this machine has 2 cores)
     seed: int = 0
     max_train_per_day: int = 0  # 0 = every training sample; N = a deterministic subsample of N per day
@@ -95,7 +98,9 @@ class StreamingTrainer:
             raise ValueError("item_init='embeddings' needs the item embedding table (run `twinv2 embed` first)")
         self.item_init = "random" if cfg.item_init == "random" or init_vectors is None else "embeddings"
         if self.item_init == "embeddings":
-            self.model.items.load_pretrained(init_vectors)
+            self.model.load_pretrained(init_vectors)
+        # The zero-shot reference (train/zero_shot.py): this model at step 0, scored by its own retrieval.
+        self.reference = reference_model(self.model) if self.item_init == "embeddings" else None
         self.batcher = Batcher(ds, self.vocab, self.model.sequence, self.model.seq_len, features=feats)
         self.cfg = resolved_config(cfg, self.model)  # what metrics.json and the checkpoints record
         self.opt = SplitAdam(self.model, cfg.lr)
@@ -131,11 +136,22 @@ class StreamingTrainer:
         stats = self.train_day(train, f"{self.cfg.model} warm-up {day.label}")
         return {"day": day.index, "label": day.label, "n_train": len(train), **stats}
 
+    def reference_scores(self, df: pd.DataFrame) -> np.ndarray | None:
+        """The zero-shot reference's scores of `df` (None without pre-trained vectors)."""
+        if self.reference is None:
+            return None
+        out = [zero_shot_scores(self.reference, b).numpy() for _, b in batches(self.batcher, df, self.cfg.eval_batch_size)]
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
     def run(self) -> dict[str, Any]:
         samples = self.ds.samples()
         days = self.ds.eval_days
+        first = (self.ds.warmup_days or days)[0]  # the logit's bias from the first training hours' click rate
+        head = samples[(samples["ts"] >= first.start_ms) & (samples["ts"] < getattr(first, "test_start_ms", first.end_ms))]
+        if len(head):
+            self.model.start_base_rate(float(head["label"].mean()))
         warmup = [self._warmup_day(d, samples) for d in self.ds.warmup_days]  # train-only days, in time order
-        results = []
+        results, kept = [], []
         for day in days:
             if self.model.sequence == "clusters":
                 snap = snapshot_for(day, self.snapshots)
@@ -155,8 +171,17 @@ class StreamingTrainer:
             for p in range(self.cfg.passes_per_day):
                 stats = self.train_day(train, tag + " train" + (f" pass {p + 1}" if p else ""))
             scores, eval_rate = self.predict(test)
+            zero_shot = self.reference_scores(test)
+            if has_truth(self.ds):  # what the GSU kept, for the retrieval diagnostics (train/retrieval.py)
+                ids = kept_item_ids(self.model, (b for _, b in batches(self.batcher, test, self.cfg.eval_batch_size)),
+                                    self.vocab.item_ids)
+                if ids is not None:
+                    kept.append((test[["user_id", "item_id", "ts"]], ids))
             row = {"day": day.index, "label": day.label, "n_train": len(train), "n_test": len(test), **stats,
                    "eval_samples_per_s": eval_rate, **self._metrics(test, scores)}
+            if zero_shot is not None:
+                zs = self._metrics(test, zero_shot)
+                row.update(zero_shot_auc=zs["auc"], zero_shot_gauc=zs["gauc"])
             results.append(row)
             if self.progress:
                 print(f"{tag}: AUC {row['auc']:.4f} GAUC {row['gauc']:.4f} ({len(test)} test samples)")
@@ -164,11 +189,15 @@ class StreamingTrainer:
                 self.out.mkdir(parents=True, exist_ok=True)
                 save_checkpoint(self.out / "checkpoint.pt", self.model, self.cfg, self.vocab, {"day": day.index})
                 pred = test.filter(["user_id", "item_id", "ts", "label", "p_true"]).assign(score=scores, day=day.index)
+                if zero_shot is not None:
+                    pred["zero_shot"] = zero_shot
                 pred.to_parquet(self.out / f"predictions-day{day.index}.parquet", index=False)
         summary = summarise(results)
         summary.update({"model": self.cfg.model, "config": to_dict(self.cfg), "item_init": self.item_init,
-                        "days": results,
-                        "warmup_days": warmup})
+                        "days": results, "warmup_days": warmup})
+        if kept:
+            summary["retrieval"] = retrieval_diagnostics(self.ds, pd.concat([k for k, _ in kept], ignore_index=True),
+                                                         np.concatenate([i for _, i in kept]))
         if self.out:
             write_json_atomic(self.out / "metrics.json", summary)
         return summary
