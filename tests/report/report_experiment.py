@@ -16,34 +16,26 @@ import pandas as pd
 
 from twinv2.data.stats import compute_stats
 from twinv2.data.storage import Dataset
-from twinv2.train.metrics import auc, gauc
-
-MODELS = ("avg_pooling", "din", "sim_hard", "eta", "sim_cluster", "sdim", "sim_cluster_plus", "sim_soft", "twin",
-          "twin_v2")
+from twinv2.models.names import MODELS
+from twinv2.train.metrics import auc, gauc, summarise  # the trainer's own, torch-free
 
 
-def summarise(days: list[dict]) -> dict:
-    """The trainer's summary (mean and population std over days), without importing torch."""
-    out = {}
-    for key in ("auc", "gauc", "oracle_auc", "oracle_gauc", "train_samples_per_s", "eval_samples_per_s"):
-        vals = np.array([d[key] for d in days if key in d], dtype=np.float64)
-        if len(vals):
-            out[f"{key}_mean"] = float(np.nanmean(vals))
-            out[f"{key}_std"] = float(np.nanstd(vals))
-    return out
-
-
-def write_metrics(run_dir: Path, model: str, days: list[dict]) -> dict:
+def write_metrics(run_dir: Path, model: str, days: list[dict], seed: int = 0, extra: dict | None = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
-    body = {**summarise(days), "model": model, "config": {"model": model, "seed": 0, "model_cfg": {"seq_len": 0}},
-            "days": days}
+    body = {**summarise(days), "model": model, "config": {"model": model, "seed": seed, "model_cfg": {"seq_len": 0}},
+            "days": days, **(extra or {})}
     (run_dir / "metrics.json").write_text(json.dumps(body, indent=1))
     return body
 
 
 def write_predicted_run(run_dir: Path, model: str, ds: Dataset, noise: float, seed: int,
-                        oracle: bool = True, n_days: int | None = None) -> dict:
-    """Predictions per day from p_true + noise, and the metrics.json that goes with them."""
+                        oracle: bool = True, n_days: int | None = None, keep_p_true: bool = True,
+                        train_seed: int = 0, zero_shot_noise: float | None = None,
+                        retrieval: dict | None = None) -> dict:
+    """Predictions per day from p_true + noise, and the metrics.json that goes with them; `keep_p_true`: the
+    prediction files carry p_true, as the trainer writes them (without it the report reads the dataset's).
+    `zero_shot_noise`: also a `zero_shot` column (the zero-shot reference's score, p_true + that noise) and
+    the per-day zero_shot_auc/gauc; `retrieval`: the metrics.json `retrieval` block of a two-stage model."""
     samples = ds.samples()
     rng = np.random.default_rng(seed)
     days = []
@@ -51,7 +43,10 @@ def write_predicted_run(run_dir: Path, model: str, ds: Dataset, noise: float, se
         part = samples[(samples["ts"] >= day.start_ms) & (samples["ts"] < day.end_ms)]
         # Coarse scores (rounded) so that ties occur and the tie-breaking rule is exercised.
         score = np.round(part["p_true"].to_numpy() + rng.normal(0, noise * (1 + 0.3 * day.index), len(part)), 2)
-        pred = part[["user_id", "item_id", "ts", "label"]].assign(score=score, day=day.index)
+        cols = ["user_id", "item_id", "ts", "label"] + (["p_true"] if keep_p_true else [])
+        pred = part[cols].assign(score=score, day=day.index)
+        if zero_shot_noise is not None:
+            pred["zero_shot"] = np.round(part["p_true"].to_numpy() + rng.normal(0, zero_shot_noise, len(part)), 2)
         run_dir.mkdir(parents=True, exist_ok=True)
         pred.to_parquet(run_dir / f"predictions-day{day.index}.parquet", index=False)
         y, u = pred["label"].to_numpy(), pred["user_id"].to_numpy()
@@ -64,8 +59,35 @@ def write_predicted_run(run_dir: Path, model: str, ds: Dataset, noise: float, se
         if oracle:
             p = part["p_true"].to_numpy()
             row["oracle_auc"], row["oracle_gauc"] = auc(y, p), gauc(u, y, p)[0]
+        if zero_shot_noise is not None:
+            z = pred["zero_shot"].to_numpy()
+            row["zero_shot_auc"], row["zero_shot_gauc"] = auc(y, z), gauc(u, y, z)[0]
         days.append(row)
-    return write_metrics(run_dir, model, days)
+    return write_metrics(run_dir, model, days, train_seed, {"retrieval": retrieval} if retrieval else None)
+
+
+def retrieval_block(dormant_share: float, current_share: float = 0.5, k: int = 100) -> dict:
+    """A metrics.json `retrieval` block (the trainer's schema): dormant targets' share falls with history length
+    by less when `dormant_share` is high (a life-cycle model keeps the far past)."""
+    groups = []
+    for interest, base in (("current", current_share), ("dormant", dormant_share)):
+        for j, history in enumerate(("all", "short", "medium", "long")):
+            share = base if history == "all" else base * (1.1 - 0.1 * j)
+            n = 600 if history == "all" else 200
+            groups.append({"interest": interest, "history": history, "n": n, "share": round(share, 4),
+                           "hit": round(min(1.0, 2.2 * share), 4)})
+    groups += [{"interest": "all", "history": h, "n": 1200 if h == "all" else 400, "share": 0.4, "hit": 0.8}
+               for h in ("all", "short", "medium", "long")]
+    return {"groups": groups, "length_terciles": [1200.0, 5400.0], "n_samples": 2000, "n_interest_samples": 1200,
+            "k": k}
+
+
+# Two-stage models of the fixture and how much of a dormant interest their top-K keeps.
+RETRIEVAL = {"sim_hard": 0.20, "eta": 0.12, "sim_cluster": 0.15, "sdim": 0.10, "sim_cluster_plus": 0.16,
+             "sim_soft": 0.14, "twin": 0.18, "twin_v2": 0.30}
+# The zero-shot reference's noise per model (None: no pre-trained vectors, no `zero_shot` column); Avg-Pooling's
+# reference is better than the model, so one row reads "reference better".
+ZERO_SHOT_NOISE = {"avg_pooling": 0.12, "sim_hard": None}
 
 
 def write_value_run(run_dir: Path, model: str, aucs: list[float], gaucs: list[float], oracle=None) -> dict:
@@ -132,10 +154,17 @@ def make_experiment(root: Path, world: Path, parts: tuple[str, ...] = ("meta", "
         (main / "stats.json").write_text(json.dumps(compute_stats(ds)))
         snapshot_manifest(main / "dataset" / "clusters" / f"before-{ds.eval_days[0].start_ms}", ds)
         for i, m in enumerate(MODELS):
-            write_predicted_run(main / "runs" / m, m, ds, noise=0.30 - 0.025 * i, seed=100 + i)
+            write_predicted_run(main / "runs" / m, m, ds, noise=0.30 - 0.025 * i, seed=100 + i,
+                                zero_shot_noise=ZERO_SHOT_NOISE.get(m, 0.32), retrieval=(
+                                    retrieval_block(RETRIEVAL[m]) if m in RETRIEVAL else None))
+        for m, i in (("twin", 8), ("twin_v2", 9)):  # two more training seeds of the headline pair
+            for k in (1, 2):
+                write_predicted_run(main / "runs" / f"{m}-seed{k}", m, ds, noise=0.30 - 0.025 * i,
+                                    seed=300 + 10 * i + k, train_seed=k)
         if "ablation" in parts:
             for j, v in enumerate(("no_ln_gsu", "no_ln_esu", "no_ln_both")):
-                write_predicted_run(main / "ablation" / v, "twin_v2", ds, noise=0.08 + 0.03 * j, seed=200 + j)
+                write_predicted_run(main / "ablation" / v, "twin_v2", ds, noise=0.08 + 0.03 * j, seed=200 + j,
+                                    keep_p_true=False)
         if "bench" in parts:
             (main / "cluster_bench.json").write_text(json.dumps(cluster_bench()))
             (root / "bench_train.json").write_text(json.dumps({"rows": [
@@ -148,6 +177,8 @@ def make_experiment(root: Path, world: Path, parts: tuple[str, ...] = ("meta", "
             write_value_run(d / "twin", "twin", base, [b - 0.05 for b in base])
             write_value_run(d / "twin_v2", "twin_v2", [b + g / 2 for b, g in zip(base, gains)],
                             [b - 0.05 + g for b, g in zip(base, gains)])
+            if v > 0:  # fps 0 has no premise.json: its row reads "not measured"
+                write_premise(root / "sweep" / f"fps-{v}" / "dataset", share=0.05 * v, ceiling=0.02 * v)
     if "kuairand" in parts:
         k = root / "kuairand"
         k.mkdir(parents=True, exist_ok=True)
@@ -156,6 +187,18 @@ def make_experiment(root: Path, world: Path, parts: tuple[str, ...] = ("meta", "
             write_value_run(k / "runs" / m, m, [0.75 + 0.001 * i + 0.0002 * d for d in range(5)],
                             [0.65 + 0.0015 * i - 0.0001 * d for d in range(5)])
     return root
+
+
+def write_premise(dataset: Path, share: float, ceiling: float) -> dict:
+    """A premise.json with twinv2.data.premise's keys (only the dataset folder: the report reads no more)."""
+    body = {"window": 10_000, "n_test_samples": 500, "share_beyond_window": share, "ceiling_auc": ceiling,
+            "ceiling_expected_auc": ceiling * 0.9, "oracle_auc_life": 0.80, "oracle_auc_window": 0.80 - ceiling,
+            "expected_auc_life": 0.82, "expected_auc_window": 0.82 - 0.9 * ceiling, "evidence": "interest",
+            "window_days": {"median_all": 700.0, "median_heavy": 90.0, "heavy_min_length": 20_000,
+                            "share_users_longer_than_window": 0.1}}
+    dataset.mkdir(parents=True, exist_ok=True)
+    (dataset / "premise.json").write_text(json.dumps(body))
+    return body
 
 
 def predictions(run_dir: Path) -> pd.DataFrame:

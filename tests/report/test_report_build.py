@@ -17,19 +17,30 @@ def test_report_files_and_self_contained_html(experiment, report_md):
     out = experiment / "report"
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figs == ["diversity.png", "figure4_ablation.png", "figure5_history_groups.png", "kuairand_table3.png",
-                    "sweep_far_past_signal.png", "table3.png"]
+                    "retrieval.png", "sweep_far_past_signal.png", "table3.png", "table3_vs_best.png"]
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report_md):
         assert (out / link).is_file()
     page = (out / "report.html").read_text()
     assert page.count("src='data:image/png;base64,") == len(figs)
-    assert "src='figures/" not in page and "<details><summary>Resolved configuration" in page
+    assert "src='figures/" not in page and "Resolved configuration" not in page
     assert "<b>" in page and "**" not in page.split("<pre>")[0]
-    for heading in ("## Summary", "## What was run", "### Table 3 analog", "### Figure 4 analog",
-                    "### Figure 5 analog", "### Diversity", "### Table 4 analog", "### Cost",
-                    "## Far-past-signal sweep", "## KuaiRand section", "## How to read this"):
-        assert heading in report_md
+    order = ["## Summary", "### Table 3 analog", "### Learned vs zero-shot reference", "### Figure 4 analog",
+             "### Figure 5 analog", "### Retrieval diagnostics", "### Diversity", "### Table 4 analog", "### Cost",
+             "## The premise, measured", "## Far-past-signal sweep", "## KuaiRand section", "## How to read this",
+             "## Appendix: what was run", "### Data statistics (main)", "### Data statistics (KuaiRand)"]
+    at = [report_md.find(h) for h in order]
+    assert -1 not in at and at == sorted(at), dict(zip(order, at))  # results first, the appendix last
     assert "Seed: 7." in report_md and "Not run in this experiment" not in report_md
     assert "| **total (sum of stages)** | **5 min 44 s** |" in report_md
+
+
+def test_configuration_lives_beside_the_report_not_in_it(experiment, report_md):
+    """Issue 10 part 7: a person reads the report top to bottom; the resolved config is data for machines."""
+    cfg = json.loads((experiment / "report" / "config.json").read_text())
+    assert cfg == json.loads((experiment / "experiment.json").read_text())["config"]
+    assert '"preset"' not in report_md and "`config.json` beside this report" in report_md
+    first_table = next(i for i, x in enumerate(report_md.splitlines()) if x.startswith("| "))
+    assert report_md.splitlines().index("### Table 3 analog") < first_table  # the first table is Table 3
 
 
 def test_check_report_is_clean_on_a_fresh_report(experiment):

@@ -100,7 +100,8 @@ def test_diversity_against_pandas(experiment, tables):
     all_c = cand.assign(tag=cand["item_id"].map(tags)).groupby(["user_id", "day"])["tag"].nunique().mean()
     assert by["all_candidates"]["mean"] == pytest.approx(all_c, abs=1e-12)
     samples = pd.concat([pd.read_parquet(p) for p in (experiment / "main" / "dataset" / "samples").glob("*.parquet")])
-    with_p = cand.merge(samples[["user_id", "item_id", "ts", "p_true"]].drop_duplicates(["user_id", "item_id", "ts"]),
+    with_p = cand.drop(columns="p_true").merge(
+        samples[["user_id", "item_id", "ts", "p_true"]].drop_duplicates(["user_id", "item_id", "ts"]),
                         on=["user_id", "item_id", "ts"])
     assert by["p_true"]["mean"] == pytest.approx(_ref_distinct(with_p, tags, "p_true"), abs=1e-12)
     sizes = cand.groupby(["user_id", "day"]).size()

@@ -4,9 +4,10 @@
 - `check_report(exp_dir, out_dir=None) -> list[str]` re-derives tables.json from the metrics.json files and
   lists every disagreement (empty = consistent).
 
-Modules: load.py (folder → typed records), tables.py and groups.py (every number), paper.py (the paper's
-numbers, the only typed-in ones), figures.py (matplotlib, Agg), document.py (text), render.py (Markdown and
-self-contained HTML), check.py.
+Modules: load.py (folder → typed records), tables.py and groups.py (every number), power.py and compare.py
+(confidence intervals from the prediction files, via the torch-free train/significance.py), paper.py (the
+paper's numbers, the only typed-in ones), figures.py (matplotlib, Agg), document.py and compare_blocks.py
+(text), render.py (Markdown and self-contained HTML), check.py.
 """
 
 from twinv2.report.build import build_report

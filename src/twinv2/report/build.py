@@ -8,9 +8,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from twinv2.report import figures, groups, tables
+from twinv2.report import compare, figures, groups, premise, reference, retrieval, tables
 from twinv2.report.document import build_document
 from twinv2.report.load import Experiment, load_experiment
+from twinv2.report.power import Power
 from twinv2.report.render import to_html, to_markdown
 
 FORMAT = "twinv2-report-tables"
@@ -34,25 +35,37 @@ def header(exp: Experiment) -> dict[str, Any]:
 def compute_tables(exp: Experiment) -> dict[str, Any]:
     """Every table of the report as plain data (before `tables.clean`)."""
     out: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION, "header": header(exp), "main": None,
-                           "sweep": tables.sweep(exp), "kuairand": None, "problems": list(exp.problems)}
+                           "sweep": compare.add_sweep_power(tables.sweep(exp), exp), "kuairand": None,
+                           "premise": None,
+                           "problems": list(exp.problems)}
     main_t3 = None
     if exp.main is not None:
         sec = exp.main
-        main_t3 = tables.table3(sec, exp)
+        power = Power(exp.root, dataset=sec.dataset)  # one user resample shared by every run of the section
+        main_t3 = compare.add_power(tables.table3(sec, exp), sec, exp, power)
+        ab = compare.add_ablation_power(tables.ablation(sec, exp), sec, exp, power)
         out["main"] = {"label": sec.label, "stats": sec.stats, "table3": main_t3, "table4": tables.table4(sec, exp),
-                       "ablation": tables.ablation(sec, exp), "history_groups": groups.history_groups(sec, exp),
+                       "ablation": ab, "history_groups": groups.history_groups(sec, exp, power=power),
                        "diversity": groups.diversity(sec, exp), "cost": tables.cost(sec, exp),
-                       "item_init": item_inits(sec)}
+                       "item_init": item_inits(sec),
+                       "reference": reference.reference_table(sec, exp, power, main_t3),
+                       "retrieval": retrieval.retrieval_table(sec, exp)}
     if exp.kuairand is not None:
         sec = exp.kuairand
-        t3 = tables.table3(sec, exp)
+        kpower = Power(exp.root, dataset=sec.dataset)
+        t3 = compare.add_power(tables.table3(sec, exp), sec, exp, kpower)
         out["kuairand"] = {"label": sec.label, "stats": sec.stats, "table3": t3,
+                           "reference": reference.reference_table(sec, exp, kpower, t3),
                            "note": tables.history_note(sec, t3, main_t3), "cost": tables.cost(sec, exp)}
+    if exp.main is not None or exp.sweep:
+        out["premise"] = premise.premise_table(
+            exp, (main_t3 or {}).get("power", {}).get("twin_v2_vs_twin"), out["sweep"])
     # metrics.json files whose own summary disagrees with their per-day rows are worth a line in the report.
     for sec in [exp.main, exp.kuairand, *exp.sweep.values()]:
         if sec is None:
             continue
-        for run in [*sec.runs.values(), *sec.ablation.values()]:
+        seed_runs = [r for by in sec.seeds.values() for r in by.values() if r.name not in sec.runs]
+        for run in [*sec.runs.values(), *sec.ablation.values(), *seed_runs]:
             out["problems"] += tables.summary_mismatches(run.metrics, exp.rel(run.dir / "metrics.json"), tol=1e-6)
     return out
 
@@ -62,12 +75,16 @@ def make_figures(t: dict[str, Any], fig_dir: Path) -> dict[str, Path]:
     main = t.get("main")
     if main:
         figs["table3"] = figures.table3_figure(main["table3"], fig_dir / "table3.png", main["label"])
+        figs["vs_best"] = figures.vs_best_figure(main["table3"], fig_dir / "table3_vs_best.png")
         if main["ablation"]:
             figs["ablation"] = figures.ablation_figure(main["ablation"], fig_dir / "figure4_ablation.png")
         if main["history_groups"] and "rows" in main["history_groups"]:
             figs["groups"] = figures.groups_figure(main["history_groups"], fig_dir / "figure5_history_groups.png")
         if main["diversity"] and "rows" in main["diversity"]:
             figs["diversity"] = figures.diversity_figure(main["diversity"], fig_dir / "diversity.png")
+        rt = main.get("retrieval") or {}
+        if "rows" in rt:
+            figs["retrieval"] = figures.retrieval_figure(rt, fig_dir / "retrieval.png")
     if t.get("sweep"):
         figs["sweep"] = figures.sweep_figure(t["sweep"], fig_dir / "sweep_far_past_signal.png")
     if t.get("kuairand"):
@@ -92,6 +109,8 @@ def build_report(exp_dir: str | Path, out_dir: str | Path | None = None) -> Path
     doc = build_document(exp, t, figs)
     clean = tables.clean(t)
     _write(out / "tables.json", json.dumps(clean, indent=1, sort_keys=False, allow_nan=False) + "\n")
+    # The resolved configuration is for machines and audits, not for reading top to bottom: it lives here.
+    _write(out / "config.json", json.dumps(clean["header"].get("config"), indent=2, allow_nan=False) + "\n")
     _write(out / "report.md", to_markdown(doc, out))
     _write(out / "report.html", to_html(doc))
     return out / "report.md"

@@ -4,7 +4,12 @@ Every record in tables.json that came from a metrics.json names it (`source`, or
 paired test); this recomputes each such record with the same functions and compares every number. It also
 checks that each section's Table 3 lists exactly the runs on disk, that the bold marks sit on the best means,
 that each metrics.json's top-level summary agrees with its per-day rows, and that the history-length groups
-partition the users. An empty list means consistent.
+partition the users. Bootstrap records (`boot_run`, `boot_diff`: report/power.py) name their prediction files
+(`sources`, `sources_a`/`sources_b`) and are recomputed from them with the same resample count and seed; seed
+folders (`runs/<model>-seed<k>`) must all be in the seed table. Retrieval rows (`retrieval`) are re-read from
+their metrics.json and premise rows (`premise`) from their premise.json (present or absent as the report says);
+the TWIN-V2 − TWIN retrieval gaps, each world's measured gain and the gain-vs-ceiling verdict are recomputed
+from those. An empty list means consistent.
 """
 
 from __future__ import annotations
@@ -14,9 +19,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from twinv2.report import premise, reference, retrieval
+from twinv2.report.load import SEED_RUN
+from twinv2.report.power import Power
 from twinv2.report.tables import (
     clean,
     day_values,
+    mean_std,
     num,
     paired_values,
     same,
@@ -42,6 +51,9 @@ def _numeric(x: Any) -> bool:
 
 
 def _differs(h: Any, w: Any) -> bool:
+    if isinstance(h, dict) or isinstance(w, dict):
+        return not (isinstance(h, dict) and isinstance(w, dict)) or \
+            any(k not in h or _differs(h[k], v) for k, v in w.items())
     if isinstance(h, list) or isinstance(w, list):
         return not (isinstance(h, list) and isinstance(w, list) and len(h) == len(w)) or \
             any(_differs(a, b) for a, b in zip(h, w))
@@ -79,6 +91,7 @@ def check_report(exp_dir: str | Path, out_dir: str | Path | None = None) -> list
     except ValueError as e:
         return [f"{tpath}: unreadable ({e})"]
     cache: dict[Path, Any] = {}
+    powers: dict[tuple, Power] = {}
     checked: set[str] = set()
     for where, node in _walk(tables, ""):
         kind = node.get("kind")
@@ -94,10 +107,8 @@ def check_report(exp_dir: str | Path, out_dir: str | Path | None = None) -> list
                     out += summary_mismatches(m, node["source"], TOL)
             else:
                 for key in ("auc", "gauc"):
-                    v = [x for x in day_values(m, f"oracle_{key}").values() if math.isfinite(x)]
-                    mean = sum(v) / len(v) if v else float("nan")
-                    std = math.sqrt(sum((x - mean) ** 2 for x in v) / len(v)) if v else float("nan")
-                    _compare(where, node, {f"{key}_mean": mean, f"{key}_std": std, f"{key}_n": len(v)}, out)
+                    mean, std, n = mean_std(day_values(m, f"oracle_{key}").values())
+                    _compare(where, node, {f"{key}_mean": mean, f"{key}_std": std, f"{key}_n": n}, out)
         elif kind == "paired":
             a = _load(root / node["source_a"], cache, out)
             b = _load(root / node["source_b"], cache, out)
@@ -107,6 +118,18 @@ def check_report(exp_dir: str | Path, out_dir: str | Path | None = None) -> list
             want = paired_values(day_values(a, node["metric"]), day_values(b, node["metric"]))
             want.pop("note")
             _compare(where, node, want, out)
+        elif kind == "retrieval" and "source" in node:
+            m = _load(root / node["source"], cache, out)
+            _compare(where, node, retrieval.from_file(m, node), out)
+        elif kind == "premise" and "source" in node:
+            body = premise.read(root / node["source"])
+            if ("missing" in node) != (body is None):
+                out.append(f"{where}: {node['source']} is {'present' if body else 'absent'} but the report says "
+                           f"{node.get('missing') or 'it was measured'}")
+            elif body is not None:
+                _compare(where, node, premise.from_file(body, node), out)
+        elif kind in ("boot_run", "boot_diff") and "missing" not in node:
+            out += _check_boot(root, where, node, powers)
         elif kind == "bench" and "source" in node:
             b = _load(root / node["source"], cache, out)
             rows = (b or {}).get("rows") or []
@@ -117,16 +140,44 @@ def check_report(exp_dir: str | Path, out_dir: str | Path | None = None) -> list
     for key in ("main", "kuairand"):
         out += _check_table3(root, key, tables.get(key))
     out += _check_sweep(root, tables.get("sweep"))
+    out += _check_retrieval(root, (tables.get("main") or {}).get("retrieval"))
+    out += _check_reference(root, tables)
+    out += _check_premise(tables)
     hg = (tables.get("main") or {}).get("history_groups") or {}
     if "rows" in hg:
         out += _check_groups(hg)
     return out
 
 
+def _check_boot(root: Path, where: str, node: dict[str, Any], powers: dict[tuple, Power]) -> list[str]:
+    """Recompute a bootstrap record from its prediction files (same n_boot, seed and functions)."""
+    files = [*node.get("sources", []), *node.get("sources_a", []), *node.get("sources_b", [])]
+    gone = [f for f in files if not (root / f).is_file()]
+    if gone:
+        return [f"{where}: prediction file(s) {gone} are missing"]
+    ds = node.get("p_true_dataset")
+    key = (node["n_boot"], node["seed"], ds)
+    if key not in powers:
+        powers[key] = Power(root, node["n_boot"], node["seed"], dataset=(root / ds) if ds else None)
+    pw = powers[key]
+    want = pw.run(node["run"], node["sources"], node.get("score", "score")) if node["kind"] == "boot_run" else \
+        pw.diff(node["a"], node["b"], node["sources_a"], node["sources_b"], node.get("users"),
+                node.get("score_a", "score"), node.get("score_b", "score"))
+    out: list[str] = []
+    _compare(where, node, want, out)
+    return out
+
+
 def _check_table3(root: Path, key: str, sec: dict[str, Any] | None) -> list[str]:
     out = []
     on_disk = {p.parent.name for p in (root / key / "runs").glob("*/metrics.json") if _has_days(p)}
+    seed_dirs = {n for n in on_disk if SEED_RUN.fullmatch(n) and SEED_RUN.fullmatch(n)["model"] in on_disk}
+    on_disk -= seed_dirs
     t3 = (sec or {}).get("table3") or {}
+    seeds = t3.get("seeds") or {}
+    listed_seeds = {r.get("source", "").split("/")[-2] for row in seeds.get("rows", []) for r in row.get("runs", [])}
+    if seed_dirs - listed_seeds:
+        out.append(f"{key}: the seed table lacks the run(s) {sorted(seed_dirs - listed_seeds)} found under {key}/runs")
     rows = t3.get("rows") or []
     listed = {r.get("model") for r in rows}
     if on_disk - listed:
@@ -175,4 +226,87 @@ def _check_groups(hg: dict[str, Any]) -> list[str]:
     counts = [sum(1 for g in groups if g == i) for i in range(len(hg["rows"]))]
     if counts != [r["users"] for r in hg["rows"]]:
         out.append(f"history groups: group sizes {[r['users'] for r in hg['rows']]} but the user list gives {counts}")
+    return out
+
+
+def _base_runs(root: Path, key: str) -> dict[str, Path]:
+    """{run name: folder} of a section's runs with per-day rows, seed copies left out (as Table 3)."""
+    on_disk = {p.parent.name: p.parent for p in (root / key / "runs").glob("*/metrics.json") if _has_days(p)}
+    seed = {n for n in on_disk if SEED_RUN.fullmatch(n) and SEED_RUN.fullmatch(n)["model"] in on_disk}
+    return {n: d for n, d in on_disk.items() if n not in seed}
+
+
+def _check_reference(root: Path, tables: dict[str, Any]) -> list[str]:
+    """Every run whose prediction files carry `zero_shot` has a row in its section's reference table."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for key in ("main", "kuairand"):
+        sec = tables.get(key)
+        if not sec:
+            continue
+        ref = sec.get("reference") or {}
+        listed = {r["model"] for r in ref.get("rows", [])}
+        if ref:
+            _compare(f"{key}.reference", ref, reference.tally(ref.get("rows", [])), out)
+        have = set()
+        for name, d in _base_runs(root, key).items():
+            files = sorted(d.glob("predictions-day*.parquet"))
+            if files and reference.COLUMN in pq.read_schema(files[0]).names:
+                have.add(name)
+        if have - listed:
+            out.append(f"{key}: the zero-shot reference table lacks the run(s) {sorted(have - listed)}")
+    return out
+
+
+def _check_retrieval(root: Path, rt: dict[str, Any] | None) -> list[str]:
+    """Every run with `retrieval` is a row; TWIN-V2 − TWIN gaps recomputed from the (file-checked) rows."""
+    have_block = set()
+    for name, d in _base_runs(root, "main").items():
+        body = json.loads((d / "metrics.json").read_text())
+        if isinstance(body.get("retrieval"), dict):
+            have_block.add(name)
+    rows = (rt or {}).get("rows") or []
+    by = {r["model"]: r for r in rows}
+    if have_block - set(by):
+        return [f"retrieval: the table lacks the run(s) {sorted(have_block - set(by))} whose metrics.json has it"]
+    if not rows:
+        return []
+    have = rt.get("twin_v2_vs_twin")
+    if ("twin" in by and "twin_v2" in by) != bool(have):
+        return ["retrieval: the TWIN-V2 − TWIN gaps do not match the rows present"]
+    out: list[str] = []
+    for g, rec in (have or {}).items():
+        for k in ("share", "hit"):
+            want = retrieval.gap(by["twin_v2"]["groups"].get(g), by["twin"]["groups"].get(g), k)
+            if (want is None) != (rec.get(k) is None):
+                out.append(f"retrieval.twin_v2_vs_twin.{g}.{k}: present/absent does not match the rows")
+            elif want is not None:
+                _compare(f"retrieval.twin_v2_vs_twin.{g}.{k}", rec[k], want, out)
+    return out
+
+
+def _check_premise(tables: dict[str, Any]) -> list[str]:
+    """Each row's measured gain is the comparison record the report holds for that world, and the verdict
+    on whether the gain follows the ceiling is recomputed from the rows."""
+    pt = tables.get("premise")
+    if not pt:
+        return []
+    out: list[str] = []
+    boots = {"main": ((tables.get("main") or {}).get("table3") or {}).get("power", {}).get("twin_v2_vs_twin")}
+    for r in (tables.get("sweep") or {}).get("rows", []):
+        boots[r["section"]] = r.get("boot")
+    for i, r in enumerate(pt["rows"]):
+        want = premise.measured_of(boots.get(r["section"]))
+        if (want is None) != (r.get("measured") is None) or (want and _differs(r["measured"], want)):
+            out.append(f"premise.rows[{i}] ({r['section']}): the measured gain is not the report's TWIN-V2 − TWIN "
+                       f"record of that world")
+    sw = [r for r in pt["rows"] if r["far_past_signal"] is not None]
+    points = [{"value": r["far_past_signal"], "ceiling": r["premise"].get("ceiling_auc"),
+               "gain": premise.gain_of(r["measured"], "auc")} for r in sw if "missing" not in r["premise"]]
+    want_f = premise.follows(points) if sw else None
+    if (want_f is None) != (pt.get("follows") is None):
+        out.append("premise.follows: present/absent does not match the sweep rows")
+    elif want_f is not None:
+        _compare("premise.follows", pt["follows"], want_f, out)
     return out

@@ -7,10 +7,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+from twinv2.report import compare_blocks as cb
 from twinv2.report import paper
+from twinv2.report import sections as sx
 from twinv2.report.groups import group_summary_sentence
 from twinv2.report.load import DISPLAY, MODELS, Experiment
-from twinv2.report.render import Bullets, Code, Details, Doc, Figure, H, P, Table
+from twinv2.report.premise import verdict_sentence as premise_verdict
+from twinv2.report.reference import summary_sentence as reference_sentence
+from twinv2.report.render import Bullets, Code, Doc, Figure, H, P, Table
 from twinv2.report.tables import num, signed
 
 NOT_RUN = "Not run in this experiment"
@@ -81,25 +85,29 @@ def build_document(exp: Experiment, t: dict[str, Any], figs: dict[str, Path]) ->
     doc = Doc("TWIN-V2 experiment report")
     doc.add(P(f"Experiment folder `{exp.root}`. Every number below is computed from the files in that folder "
               f"(metrics.json, predictions, manifests, benchmarks; `tables.json` beside this report holds them "
-              f"all); the only typed-in numbers are the paper's, labelled **paper**, from {paper.SOURCE}."))
+              f"all); the only typed-in numbers are the paper's, labelled **paper**, from {paper.SOURCE}. Results "
+              f"first; what was run, the data statistics and where the configuration lives are in the appendix."))
     summary(doc, t)
-    run_header(doc, exp, t)
     main = t.get("main")
     doc.add(H(1, f"Main section: {main['label']}" if main else "Main section"))
     if not main:
         doc.add(P(f"{NOT_RUN}."))
     else:
         table3_blocks(doc, main["table3"], figs, "table3", "Table 3 analog")
+        sx.reference_blocks(doc, main.get("reference"), main["table3"])
         ablation_blocks(doc, main["ablation"], figs)
         groups_blocks(doc, main["history_groups"], figs)
+        sx.retrieval_blocks(doc, main.get("retrieval"), figs)
         diversity_blocks(doc, main["diversity"], figs)
         table4_blocks(doc, main["table4"])
         cost_blocks(doc, main["cost"], exp)
-    sweep_blocks(doc, t.get("sweep"), figs)
+    sx.premise_blocks(doc, t.get("premise"))
+    sweep_blocks(doc, t.get("sweep"), figs, t.get("premise"))
     kuairand_blocks(doc, t.get("kuairand"), figs)
     caveats(doc, t)
     if t["problems"]:
         doc.add(H(1, "Problems found while reading the experiment"), Bullets(list(t["problems"])))
+    run_header(doc, exp, t)
     return doc
 
 
@@ -113,7 +121,10 @@ def summary(doc: Doc, t: dict[str, Any]) -> None:
                      f"{', '.join(names[m] for m in t3['best']['gauc']) or DASH} ({len(t3['rows'])} models).")
         if t3["paired"]:
             g, a = t3["paired"]["gauc"], t3["paired"]["auc"]
-            items.append(f"TWIN-V2 − TWIN: GAUC {sg(g['mean_diff'])} (paired t-test p = {pval(g)}, {g['n']} days), "
+            boot = (t3.get("power") or {}).get("twin_v2_vs_twin")
+            items.append(f"TWIN-V2 − TWIN, pooled over the test days with a paired bootstrap over users: GAUC "
+                         f"{cb.boot_summary(boot, 'gauc')}; AUC {cb.boot_summary(boot, 'auc')}. Mean of the daily "
+                         f"differences: GAUC {sg(g['mean_diff'])} (paired t-test p = {pval(g)}, {g['n']} days), "
                          f"AUC {sg(a['mean_diff'])} (p = {pval(a)}); paper: GAUC "
                          f"{paper.TABLE3['twin_v2'][1] - paper.TABLE3['twin'][1]:+.4f}, AUC "
                          f"{paper.TABLE3['twin_v2'][0] - paper.TABLE3['twin'][0]:+.4f}.")
@@ -122,9 +133,14 @@ def summary(doc: Doc, t: dict[str, Any]) -> None:
         if o and v2:
             items.append(f"Oracle GAUC from p_true {f(o['gauc_mean'])}; TWIN-V2 reaches {f(v2.get('gauc_mean'))} "
                          f"(gap {f(num(o['gauc_mean']) - num(v2.get('gauc_mean')))}).")
+        items += cb.summary_items(t3)
+        ref = reference_sentence(main.get("reference"))
+        if ref:
+            items.append(ref)
         hg = main["history_groups"]
         if hg and "rows" in hg:
             items.append(group_summary_sentence(hg))
+    items += sx.premise_summary(t.get("premise"))
     if t.get("sweep"):
         items.append(t["sweep"]["verdict"]["gauc"])
     if t.get("kuairand"):
@@ -133,8 +149,9 @@ def summary(doc: Doc, t: dict[str, Any]) -> None:
 
 
 def run_header(doc: Doc, exp: Experiment, t: dict[str, Any]) -> None:
+    """The appendix: what was run, time per stage, where the configuration is, the data statistics."""
     h = t["header"]
-    doc.add(H(1, "What was run"))
+    doc.add(H(1, "Appendix: what was run"))
     if not h["present"]:
         doc.add(P("experiment.json is missing: seed, machine, timings and config are unknown."))
     secs_run = [n for n, s in (("main", t.get("main")), ("sweep", t.get("sweep")), ("kuairand", t.get("kuairand")))
@@ -168,10 +185,14 @@ def run_header(doc: Doc, exp: Experiment, t: dict[str, Any]) -> None:
         rows.append(["**total (sum of stages)**", f"**{secs(total)}**", "100%"])
         doc.add(Table(["Stage", "Time", "Share"], rows, "Time per stage (experiment.json `timings`):"))
     if h.get("config") is not None:
-        doc.add(Details("Resolved configuration (experiment.json `config`)", json.dumps(h["config"], indent=2)))
+        n_lines = len(json.dumps(h["config"], indent=2).splitlines())
+        doc.add(P(f"The resolved configuration (experiment.json `config`, {n_lines} lines) is in `config.json` "
+                  f"beside this report, and in `tables.json` under `header.config`."))
     stats = (t.get("main") or {}).get("stats")
     doc.add(H(2, "Data statistics (main)"))
     doc.add(_stats_block(stats))
+    if t.get("kuairand"):
+        doc.add(H(2, "Data statistics (KuaiRand)"), _stats_block(t["kuairand"].get("stats")))
 
 
 def _stats_block(stats: dict[str, Any] | None):
@@ -191,34 +212,44 @@ def table3_blocks(doc: Doc, t3: dict[str, Any], figs: dict[str, Path], fig_key: 
     if not rows:
         doc.add(P(f"Model runs: {NOT_RUN}."))
         return
+    pw = t3.get("power") or {}
+    ex = cb.has_expected(t3)
     out = []
     for r in rows:
         out.append([r["name"], bold(pm(r.get("auc_mean"), r.get("auc_std")), r["best_auc"]),
-                    bold(pm(r.get("gauc_mean"), r.get("gauc_std")), r["best_gauc"]), str(r.get("auc_n", 0)),
+                    bold(pm(r.get("gauc_mean"), r.get("gauc_std")), r["best_gauc"]),
+                    *cb.pooled_cells((pw.get("runs") or {}).get(r["model"]), ex), str(r.get("auc_n", 0)),
                     f(r["paper_auc"]), f(r["paper_gauc"])])
     o = t3.get("oracle")
     if o:
-        out.append(["Oracle (p_true)", pm(o["auc_mean"], o["auc_std"]), pm(o["gauc_mean"], o["gauc_std"]),
+        po = pw.get("oracle")
+        cells = cb.pooled_cells(po, ex)
+        if ex and po:  # the oracle's expected AUC: p_true scored against labels drawn from p_true
+            cells[2:4] = [f(po.get("expected_auc")), f(po.get("expected_gauc"))]
+        out.append(["Oracle (p_true)", pm(o["auc_mean"], o["auc_std"]), pm(o["gauc_mean"], o["gauc_std"]), *cells,
                     str(o["auc_n"]), DASH, DASH])
-    doc.add(Table(["Model", "AUC (ours)", "GAUC (ours)", "days", "AUC (paper)", "GAUC (paper)"], out,
-                  "Mean ± std over the evaluation days' test hours; **bold** = best mean among the models (ours); "
-                  f"{paper.TABLE3_NOTE}."))
+    head = ["Model", "AUC (ours)", "GAUC (ours)", "pooled AUC [95% CI]", "pooled GAUC [95% CI]"] + \
+        (["E[AUC] under p_true", "E[GAUC] under p_true"] if ex else []) + ["days", "AUC (paper)", "GAUC (paper)"]
+    doc.add(Table(head, out,
+                  "AUC/GAUC (ours): mean ± std over the evaluation days' test hours; **bold** = best mean among the "
+                  "models. Pooled: all test hours together (GAUC per user and day), 95% CI from a bootstrap over "
+                  "users" + ("; E[·] under p_true: the AUC expected when labels are drawn from the true click "
+                             "probability, free of label noise (the oracle's is the ceiling)" if ex else "") +
+                  f"; {paper.TABLE3_NOTE}."))
     if o and num(o.get("max_disagreement")) > 1e-12:
         doc.add(P(f"Note: the runs' oracle values differ by up to {num(o['max_disagreement']):.2e}, so their "
                   f"test sets are not identical."))
-    pr = t3.get("paired")
-    if pr:
-        prow = []
-        for m, i in (("auc", 0), ("gauc", 1)):
-            g = pr[m]
-            prow.append([m.upper(), spm(g["mean_diff"], g["std_diff"]), tval(g), pval(g), str(g["n"]),
-                         f"{paper.TABLE3['twin_v2'][i] - paper.TABLE3['twin'][i]:+.4f}", g["note"] or ""])
-        doc.add(Table(["Metric", "TWIN-V2 − TWIN (ours, mean ± std of daily diff)", "t", "p", "days",
-                       "TWIN-V2 − TWIN (paper)", "note"], prow,
-                      "Paired t-test across days (scipy.stats.ttest_rel on the per-day values):"))
+    if t3.get("paired"):
+        cb.twin_pair_blocks(doc, t3, tval, pval, spm)
     else:
         doc.add(P(f"TWIN-V2 − TWIN paired test: needs both runs; {NOT_RUN}."))
+    cb.vs_best_blocks(doc, t3)
+    if "seeds" in t3:
+        cb.seed_blocks(doc, t3)
     doc.add(_fig(figs, fig_key, f"{title}: mean ± std over days per model"))
+    if fig_key == "table3":
+        doc.add(_fig(figs, "vs_best", "Each model minus the best model, pooled over the test days, with its 95% "
+                                      "paired-bootstrap CI (red: not resolved)"))
 
 
 def ablation_blocks(doc: Doc, ab: dict[str, Any] | None, figs: dict[str, Path]) -> None:
@@ -226,26 +257,29 @@ def ablation_blocks(doc: Doc, ab: dict[str, Any] | None, figs: dict[str, Path]) 
     if not ab:
         doc.add(P(f"Ablation runs: {NOT_RUN}."))
         return
-    rows, lower = [], 0
+    rows, lower, resolved = [], 0, 0
     done = [r for r in ab["rows"] if not r.get("missing") and r["variant"] != "full"]
     for r in ab["rows"]:
         if r.get("missing"):
-            rows.append([r["name"], DASH, DASH, DASH, DASH, f"{NOT_RUN}"])
+            rows.append([r["name"], DASH, DASH, DASH, DASH, DASH, f"{NOT_RUN}"])
             continue
-        vs = r.get("vs_full")
+        vs, boot = r.get("vs_full"), r.get("boot_vs_full")
         cells = [r["name"], pm(r.get("auc_mean"), r.get("auc_std")), pm(r.get("gauc_mean"), r.get("gauc_std"))]
         if vs:
-            cells += [f"{sg(vs['auc']['mean_diff'])} (p {pval(vs['auc'])})",
+            cells += [cb.diff_cell(boot, "auc", ("variant", "full")), cb.diff_cell(boot, "gauc", ("variant", "full")),
                       f"{sg(vs['gauc']['mean_diff'])} (p {pval(vs['gauc'])})", str(vs["gauc"]["n"])]
             lower += num(vs["gauc"]["mean_diff"]) < 0
+            resolved += bool(boot and "missing" not in boot and boot["gauc"]["verdict"] == "B better")
         else:
-            cells += [DASH, DASH, str(r.get("auc_n", 0))]
+            cells += [DASH, DASH, DASH, str(r.get("auc_n", 0))]
         rows.append(cells)
-    doc.add(Table(["Variant", "AUC", "GAUC", "ΔAUC vs full", "ΔGAUC vs full", "days"], rows,
-                  "Mean ± std over days; Δ = variant − full TWIN-V2 (main/runs/twin_v2), paired t-test across days:"))
+    doc.add(Table(["Variant", "AUC", "GAUC", "ΔAUC vs full [95% CI] (MRD): verdict",
+                   "ΔGAUC vs full [95% CI] (MRD): verdict", "daily ΔGAUC (t-test p)", "days"], rows,
+                  "Mean ± std over days; Δ = variant − full TWIN-V2 (main/runs/twin_v2), pooled over the test days "
+                  "with a paired bootstrap over users (95% CI); daily: paired t-test across days:"))
     if ab["full_present"] and done:
-        doc.add(P(f"Removing ln n lowered the mean GAUC in {lower} of {len(done)} variant(s) run here. "
-                  f"Paper: {paper.FIGURE4_CLAIM}."))
+        doc.add(P(f"Removing ln n lowered the mean GAUC in {lower} of {len(done)} variant(s) run here; the pooled "
+                  f"bootstrap resolves a GAUC loss in {resolved} of them. Paper: {paper.FIGURE4_CLAIM}."))
     elif not ab["full_present"]:
         doc.add(P("The full TWIN-V2 run (main/runs/twin_v2) is missing, so no variant is compared with it."))
     doc.add(_fig(figs, "ablation", "Figure 4 analog: GAUC and AUC of TWIN-V2 with and without ln n (mean ± std)"))
@@ -269,10 +303,17 @@ def groups_blocks(doc: Doc, hg: dict[str, Any] | None, figs: dict[str, Path]) ->
                                  f"{r['length_max'] if r['length_max'] is not None else DASH}"),
                      f"{r['users']:,}", f"{r['share_users']:.1%}", f"{num(r['share_samples']):.1%}",
                      pm(r[f"{b}_gauc_mean"], r[f"{b}_gauc_std"]), pm(r[f"{a}_gauc_mean"], r[f"{a}_gauc_std"]),
-                     spm(g["mean_diff"], g["std_diff"]), pval(g), str(g["n"])])
+                     *cb.diff_cells(r.get("boot"), "gauc"), spm(g["mean_diff"], g["std_diff"]), pval(g),
+                     str(g["n"])])
     doc.add(Table(["Group", "length range", "users", "share of users", "share of test samples",
-                   f"{hg['name_b']} GAUC", f"{hg['name_a']} GAUC", "gain", "p", "days"], rows))
-    doc.add(P(f"{group_summary_sentence(hg)} Paper: {paper.FIGURE5_CLAIM}."))
+                   f"{hg['name_b']} GAUC", f"{hg['name_a']} GAUC", "gain pooled [95% CI]", "MRD", "verdict",
+                   "daily gain", "p", "days"], rows,
+                  "Gain pooled: the group's test samples of all days, paired bootstrap over the group's users "
+                  "(95% CI; MRD = 1.96 × its SE); daily: mean ± std of the per-day gains, paired t-test:"))
+    boots = [r["boot"] for r in hg["rows"] if r.get("boot") and "missing" not in r["boot"]]
+    res = (f" The pooled bootstrap resolves the gain (CI excludes 0) in "
+           f"{sum(x['gauc']['verdict'] != 'not resolved' for x in boots)} of {len(boots)} groups." if boots else "")
+    doc.add(P(f"{group_summary_sentence(hg)}{res} Paper: {paper.FIGURE5_CLAIM}."))
     doc.add(_fig(figs, "groups", "Figure 5 analog: GAUC gain of TWIN-V2 over TWIN per history-length group"))
 
 
@@ -360,30 +401,46 @@ def cost_blocks(doc: Doc, c: dict[str, Any], exp: Experiment) -> None:
                       "bench_train.json (synthetic full-length batches, batch 256):"))
 
 
-def sweep_blocks(doc: Doc, sw: dict[str, Any] | None, figs: dict[str, Path]) -> None:
+def sweep_blocks(doc: Doc, sw: dict[str, Any] | None, figs: dict[str, Path],
+                 pt: dict[str, Any] | None = None) -> None:
     doc.add(H(1, "Far-past-signal sweep"))
     if not sw:
         doc.add(P(f"{NOT_RUN}."))
         return
     rows = []
     for r in sw["rows"]:
-        tw, v2, g = r["twin"] or {}, r["twin_v2"] or {}, r["gain"]
+        tw, v2, g, boot = r["twin"] or {}, r["twin_v2"] or {}, r["gain"], r.get("boot")
+        head = [f"{r['value']:g}", pm(tw.get("gauc_mean"), tw.get("gauc_std")),
+                pm(v2.get("gauc_mean"), v2.get("gauc_std"))]
         if g:
-            rows.append([f"{r['value']:g}", pm(tw.get("gauc_mean"), tw.get("gauc_std")),
-                         pm(v2.get("gauc_mean"), v2.get("gauc_std")), spm(g["gauc"]["mean_diff"], g["gauc"]["std_diff"]),
-                         pval(g["gauc"]), spm(g["auc"]["mean_diff"], g["auc"]["std_diff"]), pval(g["auc"]),
+            rows.append([*head, cb.diff_cell(boot, "gauc"), cb.diff_cell(boot, "auc"),
+                         f"{spm(g['gauc']['mean_diff'], g['gauc']['std_diff'])} (p {pval(g['gauc'])})",
+                         f"{spm(g['auc']['mean_diff'], g['auc']['std_diff'])} (p {pval(g['auc'])})",
                          str(g["gauc"]["n"])])
         else:
-            rows.append([f"{r['value']:g}", pm(tw.get("gauc_mean"), tw.get("gauc_std")),
-                         pm(v2.get("gauc_mean"), v2.get("gauc_std")), DASH, DASH, DASH, DASH,
-                         "needs both TWIN and TWIN-V2"])
-    doc.add(Table(["far_past_signal", "TWIN GAUC", "TWIN-V2 GAUC", "ΔGAUC", "p", "ΔAUC", "p", "days"], rows,
-                  "Δ = TWIN-V2 − TWIN, mean ± std of the daily differences, paired t-test across days:"))
+            rows.append([*head, DASH, DASH, DASH, DASH, "needs both TWIN and TWIN-V2"])
+    doc.add(Table(["far_past_signal", "TWIN GAUC", "TWIN-V2 GAUC", "ΔGAUC pooled [95% CI] (MRD): verdict",
+                   "ΔAUC pooled [95% CI] (MRD): verdict", "daily ΔGAUC mean ± std (t-test p)",
+                   "daily ΔAUC mean ± std (t-test p)", "days"], rows,
+                  "Δ = TWIN-V2 − TWIN; pooled over the test days with a paired bootstrap over users (95% CI, MRD = "
+                  "1.96 × its SE); daily: mean ± std of the daily differences, paired t-test across days. The "
+                  "verdict below reads the bootstrap where the prediction files allow it:"))
+    seeded = [(r["value"], r["seeds"]["twin_v2_vs_twin"]) for r in sw["rows"]
+              if (r.get("seeds") or {}).get("twin_v2_vs_twin")]
+    if seeded:
+        doc.add(Table(["far_past_signal", "seeds (TWIN-V2, TWIN)", "ΔGAUC of the seed means [Welch 95% CI]",
+                       "ΔAUC of the seed means [Welch 95% CI]"],
+                      [[f"{v:g}", f"{g['gauc']['n_a']}, {g['gauc']['n_b']}"] +
+                       [f"{cb.dci({'value': g[m]['diff'], 'ci_low': g[m]['ci_low'], 'ci_high': g[m]['ci_high']})}: "
+                        f"{cb.verdict_text(g[m]['verdict'], 'TWIN-V2', 'TWIN')}" for m in ("gauc", "auc")]
+                       for v, g in seeded],
+                      "TWIN-V2 − TWIN over training seeds (runs/<model>-seed<k>), per far_past_signal value:"))
     planned = sw.get("planned") or []
     missing = [v for v in planned if float(v) not in {float(r["value"]) for r in sw["rows"]}]
     if missing:
         doc.add(P(f"Planned but not found: far_past_signal = {', '.join(f'{float(v):g}' for v in missing)}."))
-    doc.add(Bullets([sw["verdict"]["gauc"], sw["verdict"]["auc"]]))
+    follows = premise_verdict(pt)
+    doc.add(Bullets([sw["verdict"]["gauc"], sw["verdict"]["auc"], *([follows] if follows else [])]))
     doc.add(_fig(figs, "sweep", "TWIN-V2 − TWIN GAUC and AUC by far_past_signal (mean ± std over days)"))
 
 
@@ -393,8 +450,9 @@ def kuairand_blocks(doc: Doc, k: dict[str, Any] | None, figs: dict[str, Path]) -
         doc.add(P(f"{NOT_RUN}."))
         return
     table3_blocks(doc, k["table3"], figs, "kuairand", "Table 3 analog on KuaiRand (no oracle: real data)")
+    if (k.get("reference") or {}).get("rows"):
+        sx.reference_blocks(doc, k["reference"], k["table3"])
     doc.add(H(2, "History lengths and what to expect"), P(k["note"]["text"]))
-    doc.add(H(2, "Data statistics (KuaiRand)"), _stats_block(k.get("stats")))
     c = k.get("cost") or {}
     if c.get("models"):
         rows = [[r["name"], rate(r.get("train_samples_per_s_mean")), rate(r.get("eval_samples_per_s_mean"))]
@@ -413,8 +471,23 @@ def caveats(doc: Doc, t: dict[str, Any]) -> None:
         "model over to the next day (streaming). mean ± std is over the days' test hours, population std (ddof=0), "
         "as the trainer's summary."),
         "GAUC = Σ_u w_u AUC_u / Σ_u w_u over users with both labels in the test hour, w_u = their sample count.",
+        ("Confidence intervals: every difference is also computed on all test hours pooled (AUC over the pooled "
+         "samples, GAUC per user and day), with a paired bootstrap over users (1,000 resamples, seed 0; a user is "
+         "the unit because a user's samples share one history and are not independent). MRD, the minimum "
+         "resolvable difference = 1.96 × the bootstrap SE of the difference: a difference below it has a CI "
+         "containing 0 and is written \"not resolved\"; a true difference of 2.8 × SE (1.43 × MRD) is found "
+         "80% of the time. The intervals hold the test set's noise, not the training seed's (see the seed "
+         "table where runs/<model>-seed<k> folders exist)."),
+        ("E[AUC], E[GAUC] under p_true (generated data): the AUC a score is expected to reach when labels are drawn "
+         "from the true click probability, Σ_{i≠j} p_i(1−p_j)·1[s_i > s_j] / Σ_{i≠j} p_i(1−p_j) (ties ½); "
+         "free of label noise, so two models' expected AUCs differ only through their scores."),
         (f"The paired t-test has only {n_days} day(s) here: low power, so a small p is strong evidence but a large p "
-        f"is weak evidence of no difference; one seed per model, so seed variance is not in the std."),
+        f"is weak evidence of no difference."),
+        ("Zero-shot reference, retrieval diagnostics and the premise need what the trainer and the world "
+         "write: a `zero_shot` column in the prediction files (runs with pre-trained item vectors), a "
+         "`retrieval` block in metrics.json and DATASET/premise.json (generated worlds only: imported data has no "
+         "ground truth); without them the section says \"not measured\". The retrieval intervals are "
+         "conservative bounds from group means (retrieval.py), not a paired bootstrap."),
         ("The main section runs on a generated world: its ground truth (p_true) gives the oracle row, and its "
         "far_past_signal knob sets how much the far past predicts clicks; its numbers say what the models do on "
         "that world, not on Kuaishou's logs. The paper's columns are Kuaishou's, shown for shape, not for equality."),
@@ -423,5 +496,5 @@ def caveats(doc: Doc, t: dict[str, Any]) -> None:
          "Times and throughputs depend on the machine (unknown: no experiment.json); compare them within this "
          "report only."),
         ("Every figure is also a table above it; `tables.json` holds every printed number, and "
-        "`twinv2.report.check_report` re-derives them from the metrics.json files."),
+        "`twinv2.report.check_report` re-derives them from the metrics.json and prediction files."),
     ]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -126,4 +127,61 @@ def diversity_figure(dv: dict[str, Any], path: Path) -> Path | None:
     ax.set_xticks(x, [r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set(title=f"Distinct tags among each user's top {dv['k']} test candidates (mean over user-days)",
            ylabel="distinct tags")
+    return _save(fig, path)
+
+
+def vs_best_figure(t3: dict[str, Any], path: Path) -> Path | None:
+    """Each model − the best model with its 95% bootstrap CI (a forest plot); 0 = level with the best."""
+    vb = (t3.get("power") or {}).get("vs_best") or {}
+    names = {r["model"]: r["name"] for r in t3["rows"]}
+    panels = []
+    for col in ("auc", "gauc"):
+        recs = [(names.get(m, m), rec[col]) for m, rec in (vb.get(col) or {}).get("rows", {}).items()
+                if "missing" not in rec]
+        if recs:
+            panels.append((col, recs, names.get(vb[col]["best"], vb[col]["best"])))
+    if not panels:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 0.35 * max(len(p[1]) for p in panels) + 1.5),
+                             layout="constrained", squeeze=False)
+    for ax, (col, recs, best) in zip(axes[0], panels):
+        y = np.arange(len(recs))
+        v = np.array([num(iv["value"]) for _, iv in recs])
+        lo = v - np.array([num(iv["ci_low"]) for _, iv in recs])
+        hi = np.array([num(iv["ci_high"]) for _, iv in recs]) - v
+        resolved = [iv.get("verdict") != "not resolved" for _, iv in recs]
+        ax.errorbar(v, y, xerr=np.nan_to_num([lo, hi]), fmt="o", color="C0", ecolor="C0", capsize=3)
+        ax.scatter(v[~np.array(resolved)], y[~np.array(resolved)], color="C3", zorder=3, label="not resolved")
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(y, [n for n, _ in recs], fontsize=8)
+        ax.set(title=f"{col.upper()}: model − {best} (pooled, 95% CI)", xlabel=f"{col.upper()} difference")
+        if not all(resolved):
+            ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def retrieval_figure(rt: dict[str, Any], path: Path) -> Path | None:
+    """Grouped bars: share of the kept top-K in the target's true interest, by interest kind × history tercile,
+    one bar per two-stage model (TWIN and TWIN-V2 in their Table 3 colours)."""
+    rows = rt.get("rows") or []
+    if not rows:
+        return None
+    plt = _plt()
+    cells = [(i, h) for i in ("current", "dormant") for h in ("all", "short", "medium", "long")]
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.12 * len(rows) * len(cells) + 2), 4.2),
+                           layout="constrained")
+    x = np.arange(len(cells))
+    width = 0.8 / len(rows)
+    others = itertools.cycle(("C0", "C2", "C4", "C5", "C6", "C7", "C8", "C9"))  # C1, C3: TWIN, TWIN-V2
+    for j, r in enumerate(rows):
+        v = [num((r["groups"].get(f"{i}/{h}") or {}).get("share")) for i, h in cells]
+        color = "C3" if r["model"] == "twin_v2" else "C1" if r["model"] == "twin" else next(others)
+        ax.bar(x - 0.4 + width * (j + 0.5), np.nan_to_num(v), width, label=r["name"], color=color,
+               edgecolor="black", lw=0.5)
+    ax.axvline(3.5, color="gray", lw=0.8, ls=":")
+    ax.set_xticks(x, [f"{i}\n{h}" for i, h in cells], fontsize=8)
+    ax.set(title=f"Share of the kept top-{rows[0].get('k') or 'K'} in the target's true interest",
+           ylabel="mean share of the kept top-K", xlabel="interest kind of the target / history-length tercile")
+    ax.legend(fontsize=7, ncol=2 if len(rows) > 4 else 1)
     return _save(fig, path)

@@ -68,8 +68,10 @@ def _per_day_gauc(df: pd.DataFrame) -> dict[int, float]:
     return out
 
 
-def history_groups(sec: Section, exp: Experiment, a: str = "twin_v2", b: str = "twin") -> dict[str, Any] | None:
-    """Figure 5 analog, or None (with the reason in `missing`) when a part is absent."""
+def history_groups(sec: Section, exp: Experiment, a: str = "twin_v2", b: str = "twin",
+                   power=None) -> dict[str, Any] | None:
+    """Figure 5 analog, or None (with the reason in `missing`) when a part is absent. `power`
+    (report.power.Power): each group's gain also as a paired bootstrap over the group's users (`boot`)."""
     from twinv2.data.storage import Dataset
 
     if sec.dataset is None or a not in sec.runs or b not in sec.runs:
@@ -103,6 +105,10 @@ def history_groups(sec: Section, exp: Experiment, a: str = "twin_v2", b: str = "
             f"{a}_gauc_days": va, f"{b}_gauc_days": vb,
             "gain": paired_values(va, vb),
         })
+        if power is not None and len(members):
+            src_a = [exp.rel(p) for p in sec.runs[a].prediction_files()]
+            src_b = [exp.rel(p) for p in sec.runs[b].prediction_files()]
+            rows[-1]["boot"] = power.diff(a, b, src_a, src_b, users=np.sort(members).tolist())
     return {"a": a, "b": b, "name_a": display_name(a), "name_b": display_name(b), "users": len(users),
             "before_ts": int(start), "t1": t1, "t2": t2, "rows": rows,
             "user_ids": users.tolist(), "user_groups": group.tolist(), "user_lengths": lengths.tolist()}
@@ -180,6 +186,9 @@ def diversity(sec: Section, exp: Experiment) -> dict[str, Any]:
 
 def _p_true(sec: Section, cand: pd.DataFrame) -> pd.DataFrame | None:
     from twinv2.data.storage import Dataset
+
+    if "p_true" in cand.columns and cand["p_true"].notna().all():  # the trainer writes it into predictions
+        return cand
 
     ds = Dataset(sec.dataset)
     import pyarrow.parquet as pq

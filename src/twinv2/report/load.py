@@ -16,19 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# models.registry.MODELS's order (the paper's Table 3 order), repeated here so that reading a report does not
-# import torch; tests/report checks that the two agree.
-MODELS = ("avg_pooling", "din", "sim_hard", "eta", "sim_cluster", "sdim", "sim_cluster_plus", "sim_soft", "twin",
-          "twin_v2")
-DISPLAY = {
-    "avg_pooling": "Avg-Pooling", "din": "DIN", "sim_hard": "SIM Hard", "sim_soft": "SIM Soft", "eta": "ETA",
-    "sdim": "SDIM", "sim_cluster": "SIM Cluster", "sim_cluster_plus": "SIM Cluster+", "twin": "TWIN",
-    "twin_v2": "TWIN-V2",
-}
+from twinv2.models.names import DISPLAY, MODELS  # torch-free: the one list of models
+
 ABLATIONS = ("no_ln_gsu", "no_ln_esu", "no_ln_both")
 ABLATION_DISPLAY = {"full": "TWIN-V2 (full)", "no_ln_gsu": "no ln n in GSU", "no_ln_esu": "no ln n in ESU",
                     "no_ln_both": "no ln n in GSU and ESU"}
 _PRED = re.compile(r"predictions-day(\d+)\.parquet$")
+# Extra training seeds of a model: runs/<model>-seed<k>/ beside runs/<model>/ (the base run, its config's seed).
+SEED_RUN = re.compile(r"(?P<model>.+)-seed(?P<seed>\d+)")
 
 
 def display_name(model: str) -> str:
@@ -129,6 +124,7 @@ class Section:
     stats: dict[str, Any] | None
     runs: dict[str, Run]
     ablation: dict[str, Run] = field(default_factory=dict)
+    seeds: dict[str, dict[int, Run]] = field(default_factory=dict)  # model -> {seed: run}, base run included
     cluster_bench: dict[str, Any] | None = None
     snapshots: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
 
@@ -153,11 +149,32 @@ def load_section(root: Path, key: str, label: str, problems: list[str],
             m = read_json(mf, problems)
             if isinstance(m, dict):
                 snaps.append((mf.parent, m))
+    runs, seeds = split_seeds(load_runs(root / "runs", problems))
     sec = Section(key=key, label=label, root=root, dataset=dataset, stats=read_json(root / "stats.json", problems),
-                  runs=load_runs(root / "runs", problems),
+                  runs=runs, seeds=seeds,
                   ablation=load_runs(root / "ablation", problems, names=ABLATIONS),
                   cluster_bench=read_json(root / "cluster_bench.json", problems), snapshots=snaps)
     return None if sec.empty else sec
+
+
+def run_seed(run: Run) -> int | None:
+    seed = (run.metrics.get("config") or {}).get("seed")
+    return int(seed) if isinstance(seed, (int, float)) else None
+
+
+def split_seeds(runs: dict[str, Run]) -> tuple[dict[str, Run], dict[str, dict[int, Run]]]:
+    """(the runs without their `<model>-seed<k>` copies, {model: {seed: run}} for models with such copies);
+    the base run counts under its config's seed. A seed folder whose model has no base run stays a run."""
+    base = {k: r for k, r in runs.items() if not SEED_RUN.fullmatch(k) or SEED_RUN.fullmatch(k)["model"] not in runs}
+    seeds: dict[str, dict[int, Run]] = {}
+    for k, r in runs.items():
+        m = SEED_RUN.fullmatch(k)
+        if m and m["model"] in base:
+            group = seeds.setdefault(m["model"], {})
+            b = base[m["model"]]
+            group.setdefault(run_seed(b) if run_seed(b) is not None else -1, b)
+            group[int(m["seed"])] = r
+    return base, {k: dict(sorted(v.items())) for k, v in seeds.items()}
 
 
 def _sweep_value(name: str) -> float | None:

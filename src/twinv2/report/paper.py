@@ -26,7 +26,7 @@ TABLE3: dict[str, tuple[float, float]] = {
 TABLE3_NOTE = ("paper: Kuaishou, 5 days, 46.2B samples, mean over the 5 test hours (no std given); "
                "a 0.001 AUC gain counts as significant for CTR prediction")
 
-# Table 4: our variant name (bench.cluster VARIANTS) -> (paper's label, δ, accuracy, seconds per user).
+# Table 4: our variant name (offline.table4 VARIANTS) -> (paper's label, δ, accuracy, seconds per user).
 TABLE4: dict[str, tuple[str, str, float, float]] = {
     "balanced_binary": ("Balanced & Binary", "2", 0.765, 1.010),
     "binary": ("Binary", "2", 0.789, 1.201),

@@ -2,10 +2,12 @@
 
 Conventions (the report's "how to read this" repeats them):
 - mean ± std over the evaluation days; std is the population std (ddof=0), as the trainer's own summary
-  (train/trainer.py `summarise`); days with a NaN metric are left out and the count says how many remain.
+  (train/metrics.py `mean_std`); days with a NaN metric are left out and the count says how many remain.
 - paired test: scipy.stats.ttest_rel on the per-day values of two runs, matched by day index (days where
   both are finite); "n/a" below 2 days or when the daily difference never varies (t undefined).
 - "best" = the largest mean among the models (the oracle and the paper's columns are not competitors).
+- confidence intervals: from the prediction files, paired bootstrap over users (power.py, compare.py); the
+  daily t-test stays beside them for the per-day view.
 
 Every record that is derived from one metrics.json carries `source` (its path relative to the experiment
 folder) so that check.py can recompute it; paired records carry `source_a` / `source_b`.
@@ -24,6 +26,7 @@ from scipy.stats import ttest_rel
 from twinv2.report import paper
 from twinv2.report.load import (
     ABLATIONS,
+    MODELS,
     Experiment,
     Run,
     Section,
@@ -31,9 +34,11 @@ from twinv2.report.load import (
     display_name,
     finite,
 )
+from twinv2.train.metrics import mean_std  # the one per-day summary (the trainer writes it too)
 
-RUN_FIELDS = ("auc", "gauc", "oracle_auc", "oracle_gauc", "train_samples_per_s", "eval_samples_per_s")
-LONG_SEQUENCE = ("sim_hard", "eta", "sim_cluster", "sdim", "sim_cluster_plus", "sim_soft", "twin", "twin_v2")
+RUN_FIELDS = ("auc", "gauc", "oracle_auc", "oracle_gauc", "zero_shot_auc", "zero_shot_gauc", "train_samples_per_s",
+              "eval_samples_per_s")
+LONG_SEQUENCE = tuple(m for m in MODELS if m not in ("avg_pooling", "din"))
 # The short-window baselines' default (models/din.py and avg_pooling.py `default_seq_len`), used only when a
 # run's config does not set seq_len; it frames the KuaiRand history note, it is not a result.
 DEFAULT_RECENT_WINDOW = 100
@@ -66,13 +71,6 @@ def signed(x: Any, d: int = 4) -> str:
     """A difference with its sign; a value that rounds to zero prints as +0.0000, never -0.0000."""
     v = round(num(x), d)
     return f"{v if v != 0 else 0.0:+.{d}f}"
-
-
-def mean_std(values) -> tuple[float, float, int]:
-    v = finite(values)
-    if len(v) == 0:
-        return float("nan"), float("nan"), 0
-    return float(v.mean()), float(v.std()), len(v)
 
 
 # ---- one run --------------------------------------------------------------------------------------------
@@ -230,8 +228,7 @@ def ablation(sec: Section, exp: Experiment) -> dict[str, Any] | None:
 
 # ---- cost -----------------------------------------------------------------------------------------------
 def cost(sec: Section, exp: Experiment) -> dict[str, Any]:
-    from twinv2.bench.cluster import RAW_ROW_BYTES
-    from twinv2.offline.store import ROW_BYTES
+    from twinv2.schema import BEHAVIOUR_ROW_BYTES as RAW_ROW_BYTES, CLUSTER_ROW_BYTES as ROW_BYTES
 
     models = [{**run_record(r, exp)} for r in sec.runs.values()]
     snaps = [snapshot_cost(path, m, sec, exp, RAW_ROW_BYTES, ROW_BYTES) for path, m in sec.snapshots]
@@ -306,6 +303,7 @@ def behaviours_before(sec: Section, ts: int) -> int:
 
 # ---- far-past-signal sweep ------------------------------------------------------------------------------
 def sweep(exp: Experiment) -> dict[str, Any] | None:
+    """Per value: TWIN-V2 − TWIN per day (compare.add_sweep_power adds the bootstrap and redoes the verdict)."""
     if not exp.sweep:
         return None
     rows = []
@@ -326,39 +324,53 @@ def _zero_like(g: dict[str, Any]) -> bool:
     return abs(num(g["mean_diff"])) <= num(g["std_diff"])
 
 
+def _gain(row: dict[str, Any], metric: str) -> dict[str, Any] | None:
+    """The gain the verdict reads: the pooled paired-bootstrap difference and its CI where the predictions
+    gave one (zero-like = "not resolved"), else the daily paired t-test's mean difference."""
+    boot = (row.get("boot") or {}).get(metric)
+    if boot and math.isfinite(num(boot.get("value"))):
+        return {"diff": num(boot["value"]), "zero": boot["verdict"] == "not resolved",
+                "text": f"{signed(boot['value'])} [95% CI {signed(boot['ci_low'])}, {signed(boot['ci_high'])}]"}
+    g = (row.get("gain") or {}).get(metric)
+    if not g or not math.isfinite(num(g["mean_diff"])):
+        return None
+    p = "" if not math.isfinite(num(g["p"])) else f", p = {num(g['p']):.3g}"
+    return {"diff": num(g["mean_diff"]), "zero": _zero_like(g),
+            "text": f"{signed(g['mean_diff'])} ± {num(g['std_diff']):.4f}{p}"}
+
+
 def sweep_verdict(rows: list[dict[str, Any]], metric: str) -> str:
     """One sentence, generated from the numbers, on whether TWIN-V2's gain shrinks toward zero at 0."""
     name = metric.upper()
-    have = [(r["value"], r["gain"][metric]) for r in rows if r["gain"] and math.isfinite(num(r["gain"][metric]
-                                                                                           ["mean_diff"]))]
+    have = [(r["value"], _gain(r, metric)) for r in rows]
+    have = [(v, g) for v, g in have if g is not None]
     zero = [g for v, g in have if v == 0.0]
     others = [(v, g) for v, g in have if v > 0.0]
     if not zero:
         return f"{name}: cannot judge whether the gain shrinks at far_past_signal = 0: no finished run there."
     g0 = zero[0]
-    d0 = f"{signed(g0['mean_diff'])} ± {num(g0['std_diff']):.4f}"
-    p0 = "" if not math.isfinite(num(g0["p"])) else f", p = {num(g0['p']):.3g}"
+    d0 = g0["text"]
     if not others:
-        return f"{name}: only far_past_signal = 0 finished; the gain there is {d0}{p0}."
-    rest = ", ".join(f"{signed(g['mean_diff'])} at {v:g}" for v, g in others)
-    lowest = min(num(g["mean_diff"]) for _, g in others)
-    zl = _zero_like(g0)
-    order = [num(g["mean_diff"]) for _, g in sorted([(0.0, g0), *others], key=lambda x: x[0])]
+        return f"{name}: only far_past_signal = 0 finished; the gain there is {d0}."
+    rest = ", ".join(f"{signed(g['diff'])} at {v:g}" for v, g in others)
+    lowest = min(g["diff"] for _, g in others)
+    zl = g0["zero"]
+    order = [g["diff"] for _, g in sorted([(0.0, g0), *others], key=lambda x: x[0])]
     mono = all(x <= y for x, y in itertools.pairwise(order))
     tail = (" The gain rises monotonically with far_past_signal." if mono and len(order) >= 3 else
             " The gain does not rise monotonically with far_past_signal." if len(order) >= 3 else "")
-    if zl and all(_zero_like(g) for _, g in others):
+    if zl and all(g["zero"] for _, g in others):
         return (f"{name}: inconclusive: no far_past_signal value gives TWIN-V2 a gain distinguishable from zero "
-                f"({d0}{p0} at 0 vs {rest}), so this run cannot show whether the gain depends on the far "
+                f"({d0} at 0 vs {rest}), so this run cannot show whether the gain depends on the far "
                 f"past; more days, seeds or samples are needed.{tail}")
-    if num(g0["mean_diff"]) < lowest and zl:
-        return (f"{name}: yes, the gain shrinks toward zero when the far past carries no signal: {d0}{p0} at 0 "
+    if g0["diff"] < lowest and zl:
+        return (f"{name}: yes, the gain shrinks toward zero when the far past carries no signal: {d0} at 0 "
                 f"(indistinguishable from zero) vs {rest}.{tail}")
-    if num(g0["mean_diff"]) < lowest:
-        return (f"{name}: partly: the gain is smallest at 0 ({d0}{p0}) vs {rest}, but it is still distinguishable "
+    if g0["diff"] < lowest:
+        return (f"{name}: partly: the gain is smallest at 0 ({d0}) vs {rest}, but it is still distinguishable "
                 f"from zero there, so TWIN-V2 gains from something other than the far-past signal; a finding to "
                 f"investigate.{tail}")
-    return (f"{name}: no, the gain does not shrink when the far past carries no signal: {d0}{p0} at 0 vs {rest}; "
+    return (f"{name}: no, the gain does not shrink when the far past carries no signal: {d0} at 0 vs {rest}; "
             f"a finding to investigate, not an expected result.{tail}")
 
 
