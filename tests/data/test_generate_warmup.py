@@ -32,7 +32,7 @@ def test_warmup_days_come_right_before_the_eval_days_and_hold_samples(warm):
     assert [d.start_ms for d in w] == [e[0].start_ms - (WARMUP - i) * DAY_MS for i in range(WARMUP)]
     assert [d.label for d in w] == ["2024-04-05", "2024-04-06", "2024-04-07"]
     assert ds.first_train_day_ms == w[0].start_ms
-    assert not hasattr(w[0], "test_start_ms")  # a warm-up day has no test hour
+    assert w[0].test_start_ms == w[0].end_ms  # a warm-up day's test hour is empty
     ts = ds.samples()["ts"].to_numpy()
     assert ts.min() >= w[0].start_ms and ts.max() < e[-1].end_ms
     for d in w:

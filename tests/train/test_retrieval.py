@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from twinv2.data.storage import Dataset
-from twinv2.train.retrieval import history_lengths, impression_sources, retrieval_diagnostics
+from twinv2.train.retrieval import impression_sources, retrieval_diagnostics
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def world(tiny_world):
 
 def test_history_lengths_equal_a_per_sample_count(world):
     ds, test, _ = world
-    got = history_lengths(ds, test.user_id.to_numpy(), test.ts.to_numpy())
+    got = ds.history_lengths(test.user_id.to_numpy(), test.ts.to_numpy())
     for u, t, n in list(zip(test.user_id, test.ts, got))[:40]:
         h = ds.history(int(u), int(t))
         assert len(h["ts"]) == n and (len(h["ts"]) == 0 or h["ts"].max() < t)

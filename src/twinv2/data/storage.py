@@ -82,17 +82,13 @@ def eval_days(first_day_start_ms: int, n_days: int = 5) -> list[EvalDay]:
 
 
 @dataclass(frozen=True)
-class WarmupDay:
+class WarmupDay(EvalDay):
     """One train-only warm-up day before the evaluation days: every hour [start_ms, end_ms) is training and
-    nothing of it is ever tested (generated worlds' `warmup_days`). Like EvalDay, but with no test hour."""
-
-    index: int
-    label: str
-    start_ms: int
+    nothing of it is ever tested (generated worlds' `warmup_days`): an EvalDay whose test hour is empty."""
 
     @property
-    def end_ms(self) -> int:
-        return self.start_ms + DAY_MS
+    def test_start_ms(self) -> int:
+        return self.end_ms
 
 
 def warmup_days(first_eval_start_ms: int, n_days: int) -> list[WarmupDay]:
@@ -283,6 +279,22 @@ class Dataset:
         if shard not in self._csr:
             self._csr[shard] = BehaviourCSR.open(self.shard_path(BEHAVIOURS.name, shard))
         return self._csr[shard]
+
+    def history_lengths(self, users: np.ndarray, before_ts) -> np.ndarray:
+        """Behaviours of each user with ts < before_ts (one time, or one per user; 0 for a user with none),
+        one vectorised search per shard. (n,) int64"""
+        from twinv2.data.csr import cuts_before, user_ranges
+
+        users = np.asarray(users, dtype=np.int64)
+        before = np.broadcast_to(np.asarray(before_ts, dtype=np.int64), users.shape)
+        out = np.zeros(len(users), np.int64)
+        shard = shard_of(users, self.n_shards)
+        for s in np.unique(shard):
+            idx = np.flatnonzero(shard == s)
+            csr = self.csr(int(s))
+            a, b = user_ranges(csr.user_ids, csr.offsets, users[idx])
+            out[idx] = cuts_before(csr.columns["ts"], a, b, before[idx]) - a
+        return out
 
     def history(self, user_id: int, before_ts: int | None = None) -> dict[str, np.ndarray]:
         """One user's behaviours (all, or those with ts < before_ts) as column views."""

@@ -38,20 +38,11 @@ KEYS = ["user_id", "item_id", "ts"]
 
 
 def history_lengths(dataset, users: np.ndarray, before_ts: int) -> np.ndarray:
-    """Behaviours of each user with ts < before_ts (0 for a user with none), one vectorised search per shard."""
-    from twinv2.data.csr import cuts_before, user_ranges
-    from twinv2.data.storage import Dataset, shard_of
+    """Behaviours of each user with ts < before_ts (0 for a user with none): `Dataset.history_lengths`."""
+    from twinv2.data.storage import Dataset
 
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
-    users = np.asarray(users, dtype=np.int64)
-    out = np.zeros(len(users), np.int64)
-    shard = shard_of(users, ds.n_shards)
-    for s in np.unique(shard):
-        idx = np.flatnonzero(shard == s)
-        csr = ds.csr(int(s))
-        a, b = user_ranges(csr.user_ids, csr.offsets, users[idx])
-        out[idx] = cuts_before(csr.columns["ts"], a, b, before_ts) - a
-    return out
+    return ds.history_lengths(users, before_ts)
 
 
 def tercile_groups(lengths: np.ndarray) -> tuple[np.ndarray, float, float]:

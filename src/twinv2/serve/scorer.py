@@ -26,7 +26,6 @@ from twinv2.schema import MAX_TS_MS, MIN_TS_MS
 from twinv2.serve.projections import ProjectionCache
 from twinv2.serve.store import ClusterStore, UserClusters
 from twinv2.train.batching import latest_by_time
-from twinv2.train.features import age_bucket
 
 
 @dataclass(frozen=True)

@@ -16,27 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from twinv2.data.csr import cuts_before, user_ranges
-from twinv2.data.storage import Dataset, shard_of
+from twinv2.data.storage import Dataset
 
 SOURCES = {0: "current", 1: "dormant"}
 
 
 def has_truth(ds: Dataset) -> bool:
     return (ds.root / "truth" / "item_topic.npy").is_file() and (ds.root / "truth" / "impressions").is_dir()
-
-
-def history_lengths(ds: Dataset, user_id: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Behaviours of each user strictly before each ts. (n,) int64"""
-    user_id, ts = np.asarray(user_id, np.int64), np.asarray(ts, np.int64)
-    out = np.zeros(len(user_id), np.int64)
-    shards = shard_of(user_id, ds.n_shards)
-    for s in np.unique(shards):
-        b = np.flatnonzero(shards == s)
-        csr = ds.csr(int(s))
-        start, end = user_ranges(csr.user_ids, csr.offsets, user_id[b])
-        out[b] = cuts_before(csr.columns["ts"], start, end, ts[b]) - start
-    return out
 
 
 def impression_sources(ds: Dataset, keys: pd.DataFrame) -> np.ndarray:
@@ -60,7 +46,7 @@ def retrieval_diagnostics(ds: Dataset, keys: pd.DataFrame, kept: np.ndarray) -> 
         return np.where(ok, topic[np.clip(ids - 1, 0, len(topic) - 1)], -1)
 
     source = impression_sources(ds, keys)
-    length = history_lengths(ds, keys["user_id"].to_numpy(), keys["ts"].to_numpy())
+    length = ds.history_lengths(keys["user_id"].to_numpy(), keys["ts"].to_numpy())
     t = topic_of(keys["item_id"].to_numpy(np.int64))  # (n,)
     valid = kept >= 0  # (n, K)
     same = (topic_of(kept) == t[:, None]) & valid & (t[:, None] >= 0)  # (n, K)

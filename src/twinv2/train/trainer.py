@@ -118,21 +118,27 @@ class StreamingTrainer:
         sec = time.perf_counter() - t0
         return (np.concatenate(out) if out else np.zeros(0, np.float32)), len(df) / max(sec, 1e-9)
 
-    def _warmup_day(self, day: WarmupDay, samples: pd.DataFrame) -> dict[str, Any]:
-        """One pass over a train-only warm-up day (every hour trains, none is tested), with the same
-        snapshot rule and per-day subsample as an evaluation day's training hours."""
+    def _enter_day(self, day: EvalDay, train: pd.DataFrame, seed: list[int]) -> pd.DataFrame:
+        """Switch to the day's snapshot (the latest at or before its start) and return its training samples,
+        subsampled to `max_train_per_day` (deterministic under `seed`, kept in time order)."""
         if self.model.sequence == "clusters":
             snap = snapshot_for(day, self.snapshots)
             if snap is None:
-                raise ValueError(f"model {self.cfg.model} needs a cluster snapshot taken at or before the start "
-                                 f"of warm-up day {day.label} ({day.start_ms}); run `twinv2 cluster "
+                kind = "warm-up day" if isinstance(day, WarmupDay) else "day"
+                raise ValueError(f"model {self.cfg.model} needs a cluster snapshot taken at or before the "
+                                 f"start of {kind} {day.label} ({day.start_ms}); run `twinv2 cluster "
                                  f"--snapshot-before {day.start_ms}`")
             self.batcher.use_snapshot(snap, day)
-        train = samples[(samples["ts"] >= day.start_ms) & (samples["ts"] < day.end_ms)]
         if self.cfg.max_train_per_day and len(train) > self.cfg.max_train_per_day:
-            keep = np.random.default_rng([self.cfg.seed, day.index, 1]).choice(  # 3 words: not an eval day's
-                len(train), self.cfg.max_train_per_day, replace=False)
+            keep = np.random.default_rng(seed).choice(len(train), self.cfg.max_train_per_day, replace=False)
             train = train.iloc[np.sort(keep)]
+        return train
+
+    def _warmup_day(self, day: WarmupDay, samples: pd.DataFrame) -> dict[str, Any]:
+        """One pass over a train-only warm-up day (every hour trains, none is tested), with the same
+        snapshot rule and per-day subsample as an evaluation day's training hours."""
+        train = self._enter_day(day, samples[(samples["ts"] >= day.start_ms) & (samples["ts"] < day.end_ms)],
+                                [self.cfg.seed, day.index, 1])  # 3 words: never an evaluation day's subsample
         stats = self.train_day(train, f"{self.cfg.model} warm-up {day.label}")
         return {"day": day.index, "label": day.label, "n_train": len(train), **stats}
 
@@ -147,26 +153,16 @@ class StreamingTrainer:
         samples = self.ds.samples()
         days = self.ds.eval_days
         first = (self.ds.warmup_days or days)[0]  # the logit's bias from the first training hours' click rate
-        head = samples[(samples["ts"] >= first.start_ms) & (samples["ts"] < getattr(first, "test_start_ms", first.end_ms))]
+        head = samples[(samples["ts"] >= first.start_ms) & (samples["ts"] < first.test_start_ms)]
         if len(head):
             self.model.start_base_rate(float(head["label"].mean()))
         warmup = [self._warmup_day(d, samples) for d in self.ds.warmup_days]  # train-only days, in time order
         results, kept = [], []
         for day in days:
-            if self.model.sequence == "clusters":
-                snap = snapshot_for(day, self.snapshots)
-                if snap is None:
-                    raise ValueError(f"model {self.cfg.model} needs a cluster snapshot taken at or before the "
-                                     f"start of day {day.label} ({day.start_ms}); run `twinv2 cluster "
-                                     f"--snapshot-before {day.start_ms}`")
-                self.batcher.use_snapshot(snap, day)
             in_day = (samples["ts"] >= day.start_ms) & (samples["ts"] < day.end_ms)
-            train = samples[in_day & (samples["ts"] < day.test_start_ms)]
+            train = self._enter_day(day, samples[in_day & (samples["ts"] < day.test_start_ms)],
+                                    [self.cfg.seed, day.index])
             test = samples[in_day & (samples["ts"] >= day.test_start_ms)]
-            if self.cfg.max_train_per_day and len(train) > self.cfg.max_train_per_day:
-                keep = np.random.default_rng([self.cfg.seed, day.index]).choice(
-                    len(train), self.cfg.max_train_per_day, replace=False)
-                train = train.iloc[np.sort(keep)]
             tag = f"{self.cfg.model} day {day.index + 1}/{len(days)}"
             for p in range(self.cfg.passes_per_day):
                 stats = self.train_day(train, tag + " train" + (f" pass {p + 1}" if p else ""))
