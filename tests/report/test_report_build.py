@@ -17,14 +17,15 @@ def test_report_files_and_self_contained_html(experiment, report_md):
     out = experiment / "report"
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figs == ["diversity.png", "figure4_ablation.png", "figure5_history_groups.png", "kuairand_table3.png",
-                    "retrieval.png", "sweep_far_past_signal.png", "table3.png", "table3_vs_best.png"]
+                    "learning_curve.png", "retrieval.png", "sweep_far_past_signal.png", "table3.png", "table3_vs_best.png"]
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report_md):
         assert (out / link).is_file()
     page = (out / "report.html").read_text()
     assert page.count("src='data:image/png;base64,") == len(figs)
     assert "src='figures/" not in page and "Resolved configuration" not in page
     assert "<b>" in page and "**" not in page.split("<pre>")[0]
-    order = ["## Summary", "### Table 3 analog", "### Learned vs zero-shot reference", "### Figure 4 analog",
+    order = ["## Summary", "### Table 3 analog", "### Learned vs zero-shot reference",
+             "### Learning curve", "### Figure 4 analog",
              "### Figure 5 analog", "### Retrieval diagnostics", "### Diversity", "### Table 4 analog", "### Cost",
              "## The premise, measured", "## Far-past-signal sweep", "## KuaiRand section", "## How to read this",
              "## Appendix: what was run", "### Data statistics (main)", "### Data statistics (KuaiRand)"]

@@ -248,3 +248,23 @@ def test_sections_say_not_measured_without_their_data(tmp_path):
     assert "Retrieval diagnostics: not measured" not in md and "| TWIN | 100 |" in md
     assert "| main | 10.00% | +0.0040 |" in md
     assert check_report(exp) == []
+
+
+# ---- learning curve ----------------------------------------------------------------------------------------
+def test_learning_curve_counts_the_samples_each_run_saw(experiment, tables, report_md):
+    rows = {r["model"]: r for r in tables["main"]["learning_curve"]["rows"]}
+    assert set(rows) == set(MODELS)
+    for model, r in rows.items():
+        m = json.loads((experiment / "main" / "runs" / model / "metrics.json").read_text())
+        warm = sum(w["n_train"] for w in m.get("warmup_days") or [])
+        per_day = np.cumsum([d["n_train"] * m["config"].get("passes_per_day", 1) for d in m["days"]]) + warm
+        assert [p["seen"] for p in r["points"]] == per_day.tolist() and r["samples_total"] == per_day[-1]
+        assert [p["auc"] for p in r["points"]] == [d["auc"] for d in m["days"]]
+    assert "Learning curve: AUC against training samples seen" in report_md
+    assert (experiment / "report" / "figures" / "learning_curve.png").exists()
+
+
+def test_a_tampered_learning_curve_is_caught(copy):
+    p = copy / "report" / "tables.json"
+    _edit(p, lambda t: t["main"]["learning_curve"]["rows"][0].__setitem__("samples_total", 1))
+    assert any("learning_curve" in x and "samples_total" in x for x in check_report(copy))

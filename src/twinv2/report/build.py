@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from twinv2.report import compare, figures, groups, premise, reference, retrieval, tables
+from twinv2.report import compare, curve, figures, groups, premise, reference, retrieval, tables
 from twinv2.report.document import build_document
 from twinv2.report.load import Experiment, load_experiment
 from twinv2.report.power import Power
@@ -49,7 +49,8 @@ def compute_tables(exp: Experiment) -> dict[str, Any]:
                        "diversity": groups.diversity(sec, exp), "cost": tables.cost(sec, exp),
                        "item_init": item_inits(sec),
                        "reference": reference.reference_table(sec, exp, power, main_t3),
-                       "retrieval": retrieval.retrieval_table(sec, exp)}
+                       "retrieval": retrieval.retrieval_table(sec, exp),
+                       "learning_curve": curve.learning_curve(sec, exp)}
     if exp.kuairand is not None:
         sec = exp.kuairand
         kpower = Power(exp.root, dataset=sec.dataset)
@@ -82,6 +83,8 @@ def make_figures(t: dict[str, Any], fig_dir: Path) -> dict[str, Path]:
             figs["groups"] = figures.groups_figure(main["history_groups"], fig_dir / "figure5_history_groups.png")
         if main["diversity"] and "rows" in main["diversity"]:
             figs["diversity"] = figures.diversity_figure(main["diversity"], fig_dir / "diversity.png")
+        if (main.get("learning_curve") or {}).get("rows"):
+            figs["curve"] = figures.curve_figure(main["learning_curve"], fig_dir / "learning_curve.png")
         rt = main.get("retrieval") or {}
         if "rows" in rt:
             figs["retrieval"] = figures.retrieval_figure(rt, fig_dir / "retrieval.png")

@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from twinv2.report import premise, reference, retrieval
+from twinv2.report import curve, premise, reference, retrieval
 from twinv2.report.load import SEED_RUN
 from twinv2.report.power import Power
 from twinv2.report.tables import (
@@ -141,6 +141,7 @@ def check_report(exp_dir: str | Path, out_dir: str | Path | None = None) -> list
         out += _check_table3(root, key, tables.get(key))
     out += _check_sweep(root, tables.get("sweep"))
     out += _check_retrieval(root, (tables.get("main") or {}).get("retrieval"))
+    out += _check_curve(root, (tables.get("main") or {}).get("learning_curve"))
     out += _check_reference(root, tables)
     out += _check_premise(tables)
     hg = (tables.get("main") or {}).get("history_groups") or {}
@@ -283,6 +284,21 @@ def _check_retrieval(root: Path, rt: dict[str, Any] | None) -> list[str]:
                 out.append(f"retrieval.twin_v2_vs_twin.{g}.{k}: present/absent does not match the rows")
             elif want is not None:
                 _compare(f"retrieval.twin_v2_vs_twin.{g}.{k}", rec[k], want, out)
+    return out
+
+
+def _check_curve(root: Path, lc: dict[str, Any] | None) -> list[str]:
+    """Every main run is a learning-curve row whose samples and per-day values re-derive from its metrics.json."""
+    runs = _base_runs(root, "main")
+    rows = {r["model"]: r for r in (lc or {}).get("rows") or []}
+    out = [f"learning curve: the table lacks the run(s) {sorted(set(runs) - set(rows))}"] if set(runs) - set(rows) else []
+    for name, r in rows.items():
+        if name not in runs:
+            out.append(f"learning curve: row {name} has no metrics.json under main/runs")
+            continue
+        body = json.loads((runs[name] / "metrics.json").read_text())
+        _compare(f"learning_curve.{name}", {"points": r["points"], "samples_total": r["samples_total"]},
+                 {"points": curve.points(body), "samples_total": (curve.points(body) or [{"seen": 0}])[-1]["seen"]}, out)
     return out
 
 

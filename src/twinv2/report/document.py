@@ -95,6 +95,7 @@ def build_document(exp: Experiment, t: dict[str, Any], figs: dict[str, Path]) ->
     else:
         table3_blocks(doc, main["table3"], figs, "table3", "Table 3 analog")
         sx.reference_blocks(doc, main.get("reference"), main["table3"])
+        sx.curve_blocks(doc, main.get("learning_curve"), figs)
         ablation_blocks(doc, main["ablation"], figs)
         groups_blocks(doc, main["history_groups"], figs)
         sx.retrieval_blocks(doc, main.get("retrieval"), figs)

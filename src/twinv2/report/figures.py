@@ -185,3 +185,27 @@ def retrieval_figure(rt: dict[str, Any], path: Path) -> Path | None:
            ylabel="mean share of the kept top-K", xlabel="interest kind of the target / history-length tercile")
     ax.legend(fontsize=7, ncol=2 if len(rows) > 4 else 1)
     return _save(fig, path)
+
+
+def curve_figure(lc: dict[str, Any], path: Path) -> Path | None:
+    """AUC and GAUC per test day against the training samples seen by then, one line per model."""
+    rows = [r for r in lc["rows"] if r["points"]]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    others = itertools.cycle(["C0", "C2", "C4", "C5", "C6", "C7", "C8", "C9"])  # C1, C3: TWIN, TWIN-V2 as in Table 3
+    colors = {r["model"]: "C3" if r["model"] == "twin_v2" else "C1" if r["model"] == "twin" else next(others)
+              for r in rows}
+    for ax, col in zip(axes, ("auc", "gauc")):
+        for r in rows:
+            x = [p["seen"] for p in r["points"]]
+            y = [num(p[col]) for p in r["points"]]
+            headline = r["model"] in ("twin", "twin_v2")
+            color = colors[r["model"]]
+            ax.plot(x, y, marker="o", lw=2.2 if headline else 1.0, alpha=1.0 if headline else 0.6, color=color,
+                    label=r["name"])
+        ax.set(title=f"{col.upper()} on each test day vs training samples seen", xlabel="training samples seen",
+               ylabel=col.upper())
+    axes[1].legend(fontsize=7, ncol=2)
+    return _save(fig, path)

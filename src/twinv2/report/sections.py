@@ -177,3 +177,24 @@ def premise_summary(pt: dict[str, Any] | None) -> list[str]:
     if s:
         out.append(s)
     return out
+
+
+# ---- learning curve -----------------------------------------------------------------------------------------
+def curve_blocks(doc: Doc, lc: dict[str, Any] | None, figs: dict[str, Path]) -> None:
+    rows = (lc or {}).get("rows") or []
+    if not rows:
+        return
+    doc.add(H(2, "Learning curve: AUC against training samples seen"))
+    n_days = max(len(r["points"]) for r in rows)
+    doc.add(P("Training samples each model saw (train-only warm-up days, then each evaluation day's training "
+              "hours, in time order) and its AUC on each test hour, the samples seen by then in brackets "
+              "(metrics.json `warmup_days` and `days`). Each point is a different test day, so the day's own difficulty "
+              "moves all curves together; compare models at the same point:"))
+    body = []
+    for r in rows:
+        cells = [f"{_f(p['auc'])} ({p['seen']:,})" for p in r["points"]] + [DASH] * (n_days - len(r["points"]))
+        body.append([r["name"], f"{r['warmup_samples']:,}", f"{r['samples_total']:,}", *cells])
+    doc.add(Table(["Model", "warm-up samples", "samples in all", *[f"test day {i + 1}" for i in range(n_days)]],
+                  body))
+    if "curve" in figs:
+        doc.add(Figure(figs["curve"], "AUC and GAUC on each test day against the training samples seen by then"))
