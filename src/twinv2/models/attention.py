@@ -28,6 +28,15 @@ from torch import nn
 from twinv2.models.search import pair_dots, topk_exact
 
 
+def bucket_sum(tables: list[torch.Tensor] | tuple[torch.Tensor, ...], cross: torch.Tensor) -> torch.Tensor:
+    """Σ_j tables[j][cross[..., j]]: per-bucket tables (n_j, ...) of J >= 1 cross features, gathered at the
+    bucket ids (..., J) and summed (..., ...): the cross term of the ESU and of the serving cache alike."""
+    out = tables[0][cross[..., 0]]
+    for j in range(1, len(tables)):
+        out = out + tables[j][cross[..., j]]
+    return out
+
+
 @dataclass(frozen=True)
 class AttentionConfig:
     dim: int = 32  # D: item embedding dim (input)
@@ -122,14 +131,9 @@ class TargetAttention(nn.Module):
         """Per cross feature j, the table β_h,j (E_j[b] · w_h,j): (n_j, H). Tiny; recomputed per call."""
         return [(emb.weight @ self.w_c[:, j].T) * self.beta[:, j] for j, emb in enumerate(self.cross)]
 
-    def cross_term(self, cross: torch.Tensor, tables: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Bucket ids (..., J) → Σ_j cross scalar (..., H)."""
-        H = self.cfg.heads
-        tables = self.cross_scalars() if tables is None else tables
-        out = torch.zeros(*cross.shape[:-1], H, device=cross.device)
-        for j, t in enumerate(tables):
-            out = out + t[cross[..., j]]  # (..., H)
-        return out
+    def cross_term(self, cross: torch.Tensor) -> torch.Tensor:
+        """Bucket ids (..., J) → Σ_j cross scalar (..., H) (needs at least one cross feature)."""
+        return bucket_sum(self.cross_scalars(), cross)  # (..., H)
 
     # ---- GSU -------------------------------------------------------------------------------------------
     @torch.no_grad()

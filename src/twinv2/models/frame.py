@@ -244,10 +244,11 @@ class CTRModel(nn.Module):
     def ctr_head(self, target: torch.Tensor, interest: torch.Tensor, user: torch.Tensor | None) -> torch.Tensor:
         """Logits (B,) of the tower on [e(target) (B, D), interest (B, interest_dim), e(target) ⊙ W interest,
         user features (B, F) bucket ids]: the one head of the offline forward and of serving (TWIN.score)."""
-        parts = [target, interest, target * self.bridge(interest)]
+        match = target * self.bridge(interest)  # (B, D)
+        parts = [target, interest, match]
         if len(self.users):
             if user is None or user.shape[-1] != len(self.users):
                 raise ValueError(f"the model reads {len(self.users)} user feature(s), got "
                                  f"{None if user is None else tuple(user.shape)} user bucket ids")
             parts += [emb(user[:, f]) for f, emb in enumerate(self.users)]  # F × (B, user_dim)
-        return self.tower(torch.cat(parts, dim=-1)).squeeze(-1) + self.match * parts[2].sum(-1)  # (B,)
+        return self.tower(torch.cat(parts, dim=-1)).squeeze(-1) + self.match * match.sum(-1)  # (B,)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from twinv2.models.attention import TargetAttention
+from twinv2.models.attention import TargetAttention, bucket_sum
 from twinv2.models.batch import Seq
 from twinv2.models.search import topk_exact
 
@@ -60,14 +60,6 @@ def item_cache(attn: TargetAttention, items: torch.Tensor) -> ItemCache:
                      cross_value=tuple(t.contiguous() for t in attn.cross_values()))
 
 
-def _per_element(tables: tuple[torch.Tensor, ...], cross: torch.Tensor) -> torch.Tensor:
-    """Σ_j tables[j][cross[:, j]] → (C, ...)."""
-    out = tables[0].index_select(0, cross[:, 0])
-    for j in range(1, len(tables)):
-        out += tables[j].index_select(0, cross[:, j])
-    return out
-
-
 def _esu_dense(attn: TargetAttention, cache: ItemCache, q: torch.Tensor, rows: torch.Tensor, cross: torch.Tensor,
                log_n: torch.Tensor | None, union: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
     """Heads (N, H, d): α' of every candidate for every element of U by one product per head, picked at the
@@ -82,8 +74,8 @@ def _esu_dense(attn: TargetAttention, cache: ItemCache, q: torch.Tensor, rows: t
     bias = torch.zeros(U, H)  # (U, H)
     if attn.n_cross:
         c = cross.index_select(0, union)  # (U, J)
-        bias += _per_element(cache.cross_attn, c)
-        values = values + _per_element(cache.cross_value, c)  # [K_h, K_c] W^v = K_h W^v_h + K_c W^v_c
+        bias += bucket_sum(cache.cross_attn, c)
+        values = values + bucket_sum(cache.cross_value, c)  # [K_h, K_c] W^v = K_h W^v_h + K_c W^v_c
     if log_n is not None and attn.cfg.log_n_esu:
         bias += log_n.index_select(0, union)[:, None]
     a = torch.bmm(q.transpose(0, 1), keys.permute(1, 2, 0))  # (H, N, U)
@@ -109,7 +101,7 @@ def interest(attn: TargetAttention, cache: ItemCache, q: torch.Tensor, seq: Seq)
     if C == 0 or N == 0:
         return q.new_zeros(N, attn.cfg.out_dim)
     u = q.reshape(N, H * d) @ attn.w_h.weight / H  # (N, D)
-    bias = _per_element(cache.cross_gsu, cross) if attn.n_cross else torch.zeros(C)  # (C,)
+    bias = bucket_sum(cache.cross_gsu, cross) if attn.n_cross else torch.zeros(C)  # (C,)
     if log_n is not None and attn.cfg.log_n_gsu:
         bias += log_n
     # The bias rides in the product as an extra dimension (u' = [u, 1], e' = [e, bias]): one pass over the

@@ -10,13 +10,17 @@ targets is the paper's mechanism made visible (§1, Figure 1). Reads `DATASET/tr
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+import torch
+
 from twinv2.data.storage import Dataset
+from twinv2.models.batch import Batch
+from twinv2.models.frame import CTRModel
+from twinv2.models.two_stage import TwoStage, take
 
 SOURCES = {0: "current", 1: "dormant"}
 
@@ -68,21 +72,13 @@ def retrieval_diagnostics(ds: Dataset, keys: pd.DataFrame, kept: np.ndarray) -> 
             "n_interest_samples": int(interest.sum()), "k": int(kept.shape[1]) if kept.ndim == 2 else 0}
 
 
-def kept_item_ids(model: Any, batches: Any, item_ids: np.ndarray) -> np.ndarray | None:
-    """Raw item ids (n, K) the model's GSU keeps for each sample of `batches` (-1 where nothing is kept);
-    None for a model without a GSU. `item_ids[r - 1]` is the raw id of item row r."""
-    import torch
-
-    if not hasattr(model, "gsu") or not hasattr(model, "attn"):
+@torch.no_grad()
+def kept_item_ids(model: CTRModel, batch: Batch, item_ids: np.ndarray) -> np.ndarray | None:
+    """Raw item ids (B, K) the model's GSU keeps for each sample of `batch` (-1 where nothing is kept); None
+    for a model without a GSU. `item_ids[r - 1]` is the raw id of item row r."""
+    if not isinstance(model, TwoStage):
         return None
-    K = model.cfg.attention.top_k
-    out = []
-    with torch.no_grad():
-        for b in batches:
-            target = model.items(b.target)  # (B, D)
-            idx, valid = model.gsu(b, target, model.attn.query(target))  # (B, K') each
-            rows = b.seq.rows.gather(1, idx).numpy()
-            ok = (valid & b.seq.mask.gather(1, idx)).numpy()
-            ids = np.where(ok, item_ids[np.maximum(rows - 1, 0)], -1)  # (B, K')
-            out.append(np.pad(ids, ((0, 0), (0, K - ids.shape[1])), constant_values=-1))
-    return np.concatenate(out) if out else np.zeros((0, K), np.int64)
+    target = model.items(batch.target)  # (B, D)
+    sel = take(batch.seq, *model.gsu(batch, target, model.attn.query(target)))  # the ESU's input, (B, K')
+    ids = np.where(sel.mask.numpy(), item_ids[np.maximum(sel.rows.numpy() - 1, 0)], -1)  # (B, K')
+    return np.pad(ids, ((0, 0), (0, model.cfg.attention.top_k - ids.shape[1])), constant_values=-1)

@@ -110,13 +110,28 @@ class StreamingTrainer:
             return train_rows(self.model, self.opt, self.batcher, df, self.cfg.batch_size, bar.update)
 
     @torch.no_grad()
-    def predict(self, df: pd.DataFrame) -> tuple[np.ndarray, float]:
+    def evaluate(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]:
+        """One pass over `df`'s batches: the model's click probabilities, its zero-shot reference's scores
+        (train/zero_shot.py; None without pre-trained vectors), the raw item ids its GSU kept on a world with
+        ground truth (train/retrieval.py; None otherwise), and samples/s of batch building + the model alone."""
         self.model.eval()
-        t0, out = time.perf_counter(), []
+        want_kept = has_truth(self.ds)
+        scores, zero, kept, extra = [], [], [], 0.0
+        t0 = time.perf_counter()
         for _, batch in batches(self.batcher, df, self.cfg.eval_batch_size):
-            out.append(torch.sigmoid(self.model(batch)).numpy())
-        sec = time.perf_counter() - t0
-        return (np.concatenate(out) if out else np.zeros(0, np.float32)), len(df) / max(sec, 1e-9)
+            scores.append(torch.sigmoid(self.model(batch)).numpy())
+            t1 = time.perf_counter()
+            if self.reference is not None:
+                zero.append(zero_shot_scores(self.reference, batch).numpy())
+            ids = kept_item_ids(self.model, batch, self.vocab.item_ids) if want_kept else None
+            if ids is not None:
+                kept.append(ids)
+            extra += time.perf_counter() - t1  # diagnostics are not the model's inference cost
+        sec = time.perf_counter() - t0 - extra
+        empty = np.zeros(0, np.float32)
+        return (np.concatenate(scores) if scores else empty,
+                None if self.reference is None else (np.concatenate(zero) if zero else empty),
+                np.concatenate(kept) if kept else None, len(df) / max(sec, 1e-9))
 
     def _enter_day(self, day: EvalDay, train: pd.DataFrame, seed: list[int]) -> pd.DataFrame:
         """Switch to the day's snapshot (the latest at or before its start) and return its training samples,
@@ -142,13 +157,6 @@ class StreamingTrainer:
         stats = self.train_day(train, f"{self.cfg.model} warm-up {day.label}")
         return {"day": day.index, "label": day.label, "n_train": len(train), **stats}
 
-    def reference_scores(self, df: pd.DataFrame) -> np.ndarray | None:
-        """The zero-shot reference's scores of `df` (None without pre-trained vectors)."""
-        if self.reference is None:
-            return None
-        out = [zero_shot_scores(self.reference, b).numpy() for _, b in batches(self.batcher, df, self.cfg.eval_batch_size)]
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
-
     def run(self) -> dict[str, Any]:
         samples = self.ds.samples()
         days = self.ds.eval_days
@@ -166,18 +174,14 @@ class StreamingTrainer:
             tag = f"{self.cfg.model} day {day.index + 1}/{len(days)}"
             for p in range(self.cfg.passes_per_day):
                 stats = self.train_day(train, tag + " train" + (f" pass {p + 1}" if p else ""))
-            scores, eval_rate = self.predict(test)
-            zero_shot = self.reference_scores(test)
-            if has_truth(self.ds):  # what the GSU kept, for the retrieval diagnostics (train/retrieval.py)
-                ids = kept_item_ids(self.model, (b for _, b in batches(self.batcher, test, self.cfg.eval_batch_size)),
-                                    self.vocab.item_ids)
-                if ids is not None:
-                    kept.append((test[["user_id", "item_id", "ts"]], ids))
+            scores, zero_shot, ids, eval_rate = self.evaluate(test)
+            if ids is not None:
+                kept.append((test[["user_id", "item_id", "ts"]], ids))
             row = {"day": day.index, "label": day.label, "n_train": len(train), "n_test": len(test), **stats,
                    "eval_samples_per_s": eval_rate, **self._metrics(test, scores)}
             if zero_shot is not None:
-                zs = self._metrics(test, zero_shot)
-                row.update(zero_shot_auc=zs["auc"], zero_shot_gauc=zs["gauc"])
+                y, u = test["label"].to_numpy(), test["user_id"].to_numpy()
+                row.update(zero_shot_auc=auc(y, zero_shot), zero_shot_gauc=gauc(u, y, zero_shot)[0])
             results.append(row)
             if self.progress:
                 print(f"{tag}: AUC {row['auc']:.4f} GAUC {row['gauc']:.4f} ({len(test)} test samples)")
