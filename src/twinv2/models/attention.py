@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from twinv2.models.search import pair_dots, topk_exact
+from twinv2.models.search import relevance, select
 
 
 def bucket_sum(tables: list[torch.Tensor] | tuple[torch.Tensor, ...], cross: torch.Tensor) -> torch.Tensor:
@@ -136,6 +136,13 @@ class TargetAttention(nn.Module):
         return bucket_sum(self.cross_scalars(), cross)  # (..., H)
 
     # ---- GSU -------------------------------------------------------------------------------------------
+    def _gsu_terms(self, q: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """u (B, D) = Σ_h W^h_hᵀ q_h / H and the head-mean cross scalar tables J × (n_j,) of the GSU."""
+        B = q.shape[0]
+        H, d = self.cfg.heads, self.cfg.head_dim
+        u = q.reshape(B, H * d) @ self.w_h.weight / H  # (B, D)
+        return u, [t.mean(-1) for t in self.cross_scalars()] if self.n_cross else []
+
     @torch.no_grad()
     def gsu_scores(self, q: torch.Tensor, item_table: torch.Tensor, seq_rows: torch.Tensor, cross: torch.Tensor,
                    log_n: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
@@ -145,19 +152,13 @@ class TargetAttention(nn.Module):
         into item_table; cross (B, L, J); log_n (B, L) or None; mask (B, L) bool, True = valid.
 
         The mean over heads of q_h · (e W^h_h) equals e · u with u = Σ_h W^h_hᵀ q_h / H, one D-dim vector per
-        sample: relevance of every unique item to a chunk of samples is then one (b, D) × (D, U) product and
-        each position gathers a single scalar. No (B, L, H, d) tensor is built and no key is projected.
-        The cross term is a gather of per-bucket scalars averaged over heads beforehand.
+        sample: each position's relevance is then one D-dim dot product with its item's embedding
+        (search.relevance), plus a gather of per-bucket cross scalars averaged over heads beforehand.
+        No (B, L, H, d) tensor is built and no key is projected.
         """
-        B = seq_rows.shape[0]
-        H, d = self.cfg.heads, self.cfg.head_dim
-        u = q.reshape(B, H * d) @ self.w_h.weight / H  # (B, D)
-        scores = pair_dots(u, item_table, seq_rows, self.cfg.gsu_chunk)  # (B, L)
-        for j, t in enumerate(self.cross_scalars()):
-            scores += t.mean(-1)[cross[..., j]]  # (B, L)
-        if log_n is not None and self.cfg.log_n_gsu:
-            scores += log_n
-        return scores.masked_fill_(~mask, float("-inf"))
+        u, tables = self._gsu_terms(q)
+        return relevance(u, item_table, seq_rows, mask, self.cfg.gsu_chunk, cross, tables,
+                         log_n if self.cfg.log_n_gsu else None)
 
     @torch.no_grad()
     def gsu_topk(self, q: torch.Tensor, item_table: torch.Tensor, seq_rows: torch.Tensor, cross: torch.Tensor,
@@ -168,8 +169,9 @@ class TargetAttention(nn.Module):
         valid element, and a chosen padding slot is marked invalid. Exact ties go to the later (more recent)
         position (search.topk_exact); they arise between elements with the same item, buckets and n.
         """
-        scores = self.gsu_scores(q, item_table, seq_rows, cross, log_n, mask)
-        return topk_exact(scores, mask, self.cfg.top_k)  # (B, K') each; serving selects with it too
+        u, tables = self._gsu_terms(q)
+        return select(u, item_table, seq_rows, mask, self.cfg.top_k, self.cfg.gsu_chunk, cross, tables,
+                      log_n if self.cfg.log_n_gsu else None)  # (B, K') each; serving selects with topk_exact
 
     # ---- ESU -------------------------------------------------------------------------------------------
     def esu(self, q: torch.Tensor, item_table: torch.Tensor, rows: torch.Tensor, cross: torch.Tensor,

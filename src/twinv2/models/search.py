@@ -1,12 +1,32 @@
-"""Search helpers shared by the GSUs: per-item tables, target-to-sequence dot products without a (B, L, D)
-tensor, and an exact, deterministic top-k."""
+"""Search helpers shared by the GSUs: per-item tables, target-to-sequence relevance without a (B, L, D)
+tensor (compiled where it can be: models/native.py), and an exact, deterministic top-k."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from twinv2.models import native
+
 MATMUL_ITEMS_PER_POSITION = 32  # pair_dots scores every item when U <= this × L (measured on CPU)
+
+@torch.no_grad()
+def relevance(u: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor, chunk: int,
+              cross: torch.Tensor | None = None, cross_tables: list[torch.Tensor] | tuple[torch.Tensor, ...] = (),
+              log_n: torch.Tensor | None = None) -> torch.Tensor:
+    """GSU scores (B, L): u (B, D) · table[rows] + Σ_j cross_tables[j][cross[..., j]] + log_n, -inf at ~mask,
+    for table (U, D), rows (B, L) into it, cross (B, L, J) bucket ids with cross_tables J × (n_j,), log_n (B, L)
+    or None. The compiled kernel when it can run (models/native.py), else the torch path below: the same sums
+    in the same order, equal to float rounding (tests/models/test_native.py)."""
+    fused = native.gsu_topk(u, table, rows, cross, list(cross_tables), log_n, mask, 0, scores=True)
+    if fused is not None:
+        return fused[1]
+    scores = pair_dots(u, table, rows, chunk)  # (B, L)
+    for j, t in enumerate(cross_tables):
+        scores += t[cross[..., j]]  # (B, L)
+    if log_n is not None:
+        scores += log_n
+    return scores.masked_fill_(~mask, float("-inf"))
 
 
 def item_table(items: nn.Module, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,6 +38,19 @@ def item_table(items: nn.Module, rows: torch.Tensor) -> tuple[torch.Tensor, torc
         return items.every_item(), rows  # (I, D); without gradient, so the tables' gradients stay sparse
     uniq, inv = torch.unique(rows, return_inverse=True)
     return items(uniq), inv  # (U, D)
+
+
+@torch.no_grad()
+def select(u: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor, k: int, chunk: int,
+           cross: torch.Tensor | None = None, cross_tables: list[torch.Tensor] | tuple[torch.Tensor, ...] = (),
+           log_n: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """topk_exact(relevance(...), mask, k): the GSU's (idx (B, k'), valid (B, k')). The compiled kernel selects
+    while each sample's scores are in cache and never writes the (B, L) scores; the torch path is the two calls."""
+    fused = native.gsu_topk(u, table, rows, cross, list(cross_tables), log_n, mask, k)
+    if fused is not None:
+        idx = fused[0]
+        return idx, mask.gather(1, idx)
+    return topk_exact(relevance(u, table, rows, mask, chunk, cross, cross_tables, log_n), mask, k)
 
 
 def pair_dots(t: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, chunk: int) -> torch.Tensor:
