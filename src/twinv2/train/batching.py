@@ -26,24 +26,23 @@ from twinv2.train.features import FeatureSpec, Features, UserTable
 
 @dataclass
 class _Columns:
-    """Per-shard arrays in model units, computed once, each with one trailing sentinel element at index N
-    (row 0, buckets 0, time +inf, NaN source, ln n 0) so that padded positions gather zeros without a mask pass.
-    A since_sample feature of `ts` (the age) reads `ts` itself: no copy of the largest column."""
+    """Per-shard arrays in model units, computed once. A since_sample feature of `ts` (the age) reads `ts`
+    itself: no copy of the largest column."""
 
     user_ids: np.ndarray  # (U,)
     offsets: np.ndarray  # (U+1,)
-    rows: np.ndarray  # (N+1,) int64 item rows
-    ts: np.ndarray  # (N+1,) float64 (behaviour time, or a cluster's mean time)
-    cross: list[np.ndarray]  # per cross spec (N+1,): int64 buckets, or the float64 source of a since_sample one
-    log_n: np.ndarray | None  # (N+1,) float32 for clusters
+    rows: np.ndarray  # (N,) int32 item rows
+    ts: np.ndarray  # (N,) float64 (behaviour time, or a cluster's mean time)
+    cross: list[np.ndarray]  # per cross spec (N,): int32 buckets, or the float64 source of a since_sample one
+    log_n: np.ndarray | None  # (N,) float32 for clusters
 
     @classmethod
-    def padded(cls, user_ids, offsets, rows, ts, cross, log_n=None) -> "_Columns":
+    def of(cls, user_ids, offsets, rows, ts, cross, log_n=None) -> "_Columns":
         """`cross`: per spec its int bucket column, or a float source column (`ts` itself for the age)."""
-        pts = np.r_[np.asarray(ts, np.float64), np.inf]
-        return cls(user_ids, offsets, np.r_[rows, 0], pts,
-                   [pts if c is ts else np.r_[c, np.nan] if c.dtype.kind == "f" else np.r_[c, 0] for c in cross],
-                   None if log_n is None else np.r_[log_n, 0].astype(np.float32))
+        ts64 = np.asarray(ts, np.float64)
+        return cls(user_ids, offsets, np.asarray(rows, np.int32), ts64,
+                   [ts64 if c is ts else c if c.dtype.kind == "f" else c.astype(np.int32) for c in cross],
+                   None if log_n is None else np.asarray(log_n, np.float32))
 
     @classmethod
     def from_elements(cls, user_ids, offsets, rows, elements: dict[str, np.ndarray], specs: tuple[FeatureSpec, ...],
@@ -55,13 +54,8 @@ class _Columns:
                              f"have {sorted(elements)}")
         ts = np.asarray(elements["ts"], np.float64)
         cross = [(ts if s.source == "ts" else np.asarray(elements[s.source], np.float64)) if s.since_sample
-                 else np.asarray(s.bucket(elements[s.source]), np.int64) for s in specs]
-        return cls.padded(user_ids, offsets, rows, ts, cross, log_n)
-
-    @property
-    def sentinel(self) -> int:
-        return len(self.rows) - 1
-
+                 else np.asarray(s.bucket(elements[s.source]), np.int32) for s in specs]
+        return cls.of(user_ids, offsets, rows, ts, cross, log_n)
 
 
 class Batcher:
@@ -128,20 +122,27 @@ class Batcher:
                 end = cuts_before(col.ts, start, end, ts[b])
             parts.append((b, col, start, end))
         L = int(max(1, min(self.seq_len, max(int((e - a).max(initial=0)) for _, _, a, e in parts))))
-        rows = np.empty((B, L), np.int64)
-        mask = np.empty((B, L), bool)
         specs = self.features.cross
-        cross = np.empty((B, L, len(specs)), np.int64)
-        log_n = np.empty((B, L), np.float32) if self.sequence == "clusters" else None
+        clusters = self.sequence == "clusters"
+        rows = np.zeros((B, L), np.int32)  # padding: row 0, bucket 0, ln n 0, mask False
+        mask = np.zeros((B, L), bool)
+        cross = np.zeros((B, L, len(specs)), np.int32)
+        log_n = np.zeros((B, L), np.float32) if clusters else None
+        ages = {j: np.full((B, L), np.nan) for j, spec in enumerate(specs) if spec.since_sample}  # sources
         for b, col, start, end in parts:
-            pos = self._positions(col, start, end, L)  # (b, L), padding -> sentinel
-            rows[b] = col.rows[pos]
-            mask[b] = pos != col.sentinel
-            for j, spec in enumerate(specs):  # a since_sample source's sentinel (NaN, +inf) -> bucket 0
-                cross[b, :, j] = spec.bucket(ts[b, None] - col.cross[j][pos]) if spec.since_sample \
-                    else col.cross[j][pos]
-            if log_n is not None:
-                log_n[b] = col.log_n[pos]
+            for i, s, e in zip(b.tolist(), start.tolist(), end.tolist()):
+                n = min(e - s, L)
+                # The last n elements: a contiguous slice (raw behaviours are in time order), except a user
+                # with more than L clusters, who keeps the L with the latest mean time (stored by group).
+                at = s + latest_by_time(col.ts[s:e], L) if clusters and e - s > L else slice(e - n, e)
+                rows[i, L - n:] = col.rows[at]
+                mask[i, L - n:] = True
+                for j in range(len(specs)):
+                    (ages[j][i] if j in ages else cross[i, :, j])[L - n:] = col.cross[j][at]
+                if log_n is not None:
+                    log_n[i, L - n:] = col.log_n[at]
+        for j, src in ages.items():  # a since_sample source's padding (NaN) -> bucket 0
+            cross[:, :, j] = specs[j].bucket(ts[:, None] - src)
         return Batch(
             target=torch.from_numpy(self.vocab.rows(item_id)),
             seq=Seq(rows=torch.from_numpy(rows), cross=torch.from_numpy(cross), mask=torch.from_numpy(mask),
@@ -151,18 +152,6 @@ class Batcher:
             ts=torch.from_numpy(ts),
             user=torch.from_numpy(self.users.lookup(user_id)) if self.features.user else None,
         )
-
-    def _positions(self, col: _Columns, start: np.ndarray, end: np.ndarray, L: int) -> np.ndarray:
-        """Row positions (b, L) of the last L elements of each [start, end), left-padded with the sentinel.
-
-        Raw behaviours are in time order, so the last L are the latest L. A user with more than L clusters
-        keeps the L with the latest mean time (clusters are stored by group, not by time)."""
-        pos = end[:, None] - L + np.arange(L)[None, :]  # (b, L)
-        pos = np.where(pos >= start[:, None], pos, col.sentinel)
-        if self.sequence == "clusters":
-            for i in np.flatnonzero(end - start > L):
-                pos[i] = start[i] + latest_by_time(col.ts[start[i]:end[i]], L)
-        return pos
 
 
 def latest_by_time(ts: np.ndarray, L: int) -> np.ndarray:

@@ -29,6 +29,7 @@ serving pick it up with no other change.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -46,14 +47,27 @@ N_DUR = 17
 N_NUMERIC = 33  # 0 unknown (NaN or negative), 1 = < 1, 2 = [1, 2), ..., 32 = >= 2^30
 
 
-def _log2_bucket(x: np.ndarray, unit: float, n: int) -> np.ndarray:
-    """1 + floor(log2(x / unit)) + 1 clipped to [1, n-1] for x >= 0; 0 for NaN or negative."""
-    x = np.asarray(x, dtype=np.float64)
-    ok = np.isfinite(x) & (x >= 0)
-    v = np.where(ok, x, 0.0) / unit
-    # frexp's exponent e satisfies 2^(e-1) <= v < 2^e: exact at powers of two and cheaper than log2.
-    b = np.where(v < 1.0, 1, np.frexp(np.maximum(v, 1.0))[1] + 1)
-    return np.where(ok, np.clip(b, 1, n - 1), 0).astype(np.int64)
+def _log2_bucket(x: np.ndarray, unit: float, n: int, zero: int = 1) -> np.ndarray:
+    """1 + floor(log2(x / unit)) + 1 clipped to [1, n-1] for x >= 0 (so x < unit → 1); 0 for NaN, ±inf and
+    negative x; `zero` for x == 0 (and -0.0). (...) int64
+
+    The bucket is a function of the float64 exponent field alone (2^(e-1) <= v < 2^e is exact at powers of
+    two), read through a 4,096-entry table indexed by the top 12 bits (sign + exponent): four passes over x,
+    ~4x faster than isfinite/frexp/clip/where (the batcher's age column at L = 10,000 is 2.6M values a batch)."""
+    v = np.asarray(x, dtype=np.float64) / unit  # a fresh array: -0.0 folds into +0.0 below, in place
+    v += 0.0
+    return _exponent_table(n, zero)[v.view(np.uint64) >> np.uint64(52)]
+
+
+@functools.lru_cache(maxsize=None)
+def _exponent_table(n: int, zero: int) -> np.ndarray:
+    """(4096,) int64: the bucket of each (sign, biased exponent) of v: exponent e_b gives floor(log2 v) =
+    e_b - 1023 for normal v, so 1 + floor(log2 v) + 1 = e_b - 1021 (<= 1 for v < 1); e_b = 0 is zero or a
+    subnormal (`zero`), 2047 is inf/NaN and the sign bit (>= 2048) a negative value: 0."""
+    e = np.arange(4096, dtype=np.int64)
+    out = np.where(e < 2047, np.clip(e - 1021, 1, n - 1), 0)
+    out[0] = zero
+    return out
 
 
 def play_bucket(play_ms: np.ndarray) -> np.ndarray:
@@ -85,8 +99,7 @@ def numeric_bucket(x: np.ndarray) -> np.ndarray:
 
 
 def _age(age: np.ndarray) -> np.ndarray:
-    age = np.asarray(age, dtype=np.float64)
-    return np.where(age > 0, _log2_bucket(age, 3_600_000.0, N_AGE), 0)  # NaN (padding) and <= 0 → 0
+    return _log2_bucket(age, 3_600_000.0, N_AGE, zero=0)  # NaN (padding) and <= 0 → 0
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ its order; the streaming trainer, the nearline trainer and `twinv2 bench train` 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 from torch.nn import functional as F
@@ -30,12 +31,28 @@ def train_step(model: CTRModel, opt: SplitAdam, batch: Batch, times: dict[str, f
     return float(loss.detach())
 
 
-def batches(batcher: Batcher, df: pd.DataFrame, size: int):
-    """(rows, Batch) for consecutive `size`-row slices of `df` (user_id, item_id, ts, label)."""
-    for s in range(0, len(df), size):
+def batches(batcher: Batcher, df: pd.DataFrame, size: int, prefetch: bool = True) -> Iterator[tuple[pd.DataFrame, Batch]]:
+    """(rows, Batch) for consecutive `size`-row slices of `df` (user_id, item_id, ts, label), in order.
+
+    With `prefetch`, one background thread builds the next batch while the caller works on this one (numpy's
+    copies and torch's kernels release the GIL, so batch building overlaps the model's step); the batches and
+    their order are the same either way. The batcher is used by that one thread only while iterating."""
+    def build(s: int) -> tuple[pd.DataFrame, Batch]:
         part = df.iloc[s:s + size]
-        yield part, batcher.batch(part["user_id"].to_numpy(), part["item_id"].to_numpy(), part["ts"].to_numpy(),
-                                  part["label"].to_numpy())
+        return part, batcher.batch(part["user_id"].to_numpy(), part["item_id"].to_numpy(), part["ts"].to_numpy(),
+                                   part["label"].to_numpy())
+
+    starts = range(0, len(df), size)
+    if not prefetch or len(starts) < 2:
+        yield from map(build, starts)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="twinv2-batches") as pool:
+        nxt = pool.submit(build, starts[0])
+        for i in range(len(starts)):
+            part, batch = nxt.result()
+            if i + 1 < len(starts):
+                nxt = pool.submit(build, starts[i + 1])
+            yield part, batch
 
 
 def train_rows(model: CTRModel, opt: SplitAdam, batcher: Batcher, df: pd.DataFrame, batch_size: int,
