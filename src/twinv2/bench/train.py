@@ -1,9 +1,11 @@
 """`twinv2 bench train`: training and inference samples/s and peak RSS of TWIN and TWIN-V2 at GSU lengths
-1,000 and 10,000 (batch 256, 2 threads, 200,000 items), with a breakdown of where a training step's time goes.
+1,000 and 10,000 (batch 256, 2 threads, 200,000 items), end to end (batch building included), with a
+breakdown of where the time goes.
 
-Each (model, length) runs in its own child process so its peak RSS is its own. Batches are synthetic but
-full: every sample has L valid elements (Zipf-popular items, random cross buckets, cluster sizes 1–19 for
-TWIN-V2), which is the worst case for the GSU; the collate is timed separately on CSR arrays of the same size.
+Each (model, length) runs in its own child process so its peak RSS is its own. The batches are built by the
+trainer's Batcher from synthetic CSR arrays in place of a dataset, and are full: every sample has L valid
+elements (Zipf-popular items, random cross buckets, cluster sizes 1–19 for TWIN-V2), which is the worst case
+for the GSU and for batch building. `_synthetic` builds such a batch directly (other benchmarks use it).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def _synthetic(n_items: int, B: int, L: int, clusters: bool, seed: int):
     cross = np.stack([rng.integers(1, n, (B, L)) for n in CROSS_BUCKETS], -1)
     return Batch(
         target=torch.from_numpy(rng.integers(1, n_items, B)),
-        seq=Seq(rows=torch.from_numpy(rows), cross=torch.from_numpy(cross), mask=torch.ones(B, L, dtype=torch.bool),
+        seq=Seq(rows=torch.from_numpy(rows.astype(np.int32)), cross=torch.from_numpy(cross.astype(np.int32)),
+                mask=torch.ones(B, L, dtype=torch.bool),
                 log_n=torch.from_numpy(np.log(rng.integers(1, 20, (B, L))).astype(np.float32)) if clusters else None),
         label=torch.from_numpy((rng.random(B) < 0.3).astype(np.float32)),
         user_id=torch.from_numpy(np.arange(B)), ts=torch.zeros(B, dtype=torch.long))
@@ -55,87 +58,130 @@ def _tables(n_items: int, seed: int):
                       dur_of=np.r_[0, rng.integers(1, N_DUR, n_items - 1)], n_authors=20_001, n_tags=44, n_dur=N_DUR)
 
 
-def _collate_rate(L: int, B: int, n_items: int, seed: int, reps: int) -> float:
-    """Samples/s of Batcher.batch for full-length raw histories held as CSR arrays (the "recent" path)."""
+def _batcher(sequence: str, L: int, B: int, n_items: int, seed: int, n_users: int):
+    """A Batcher over synthetic CSR columns in place of a dataset, every sample's sequence full: `n_users` users
+    with L + 10 raw behaviours in time order, or L clusters (sizes 1-19, random mean times; a user with more
+    than L clusters, ~10^5 behaviours at L = 10,000, is rare), Zipf-popular items."""
     from twinv2.train.batching import Batcher, _Columns
     from twinv2.train.features import Features
 
     rng = np.random.default_rng(seed)
-    n = B * (L + 10)
-    ts = np.tile(np.arange(L + 10) * 1000.0, B)
-    cols = _Columns.padded(np.arange(B), np.arange(B + 1) * (L + 10), rng.integers(1, n_items, n), ts,
-                           [rng.integers(1, 17, n), rng.integers(1, 23, n), ts])  # play, ratio, age's source
+    per = L if sequence == "clusters" else L + 10
+    n = n_users * per
+    pop = 1.0 / np.arange(1, n_items) ** 0.9
+    rows = rng.choice(np.arange(1, n_items), size=n, p=pop / pop.sum())
+    ts = np.tile(np.arange(per) * 1000.0, n_users)
+    log_n = None
+    if sequence == "clusters":
+        ts = rng.permutation(ts)  # clusters are stored by group, not by time
+        log_n = np.log(rng.integers(1, 20, n)).astype(np.float32)
+    cross = [rng.integers(1, 17, n), rng.integers(1, 23, n), ts]  # play, ratio buckets; the age's source
+    cols = _Columns.of(np.arange(n_users), np.arange(n_users + 1) * per, rows, ts, cross, log_n)
 
     class _DS:  # the attribute Batcher reads
         n_shards = 1
 
-    batcher = Batcher(_DS(), None, "recent", L, features=Features.of("recent"))  # type: ignore[arg-type]
-    batcher._cache[("recent", 0)] = cols
-    batcher.vocab = type("V", (), {"rows": staticmethod(lambda ids: np.asarray(ids, np.int64))})()
-    ts = np.full(B, (L + 20) * 1000, np.int64)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        batcher.batch(np.arange(B), np.ones(B, np.int64), ts, np.zeros(B))
-        times.append(time.perf_counter() - t0)
-    return B / statistics.median(times)
+    batcher = Batcher(_DS(), None, sequence, L, features=Features.of(sequence))  # type: ignore[arg-type]
+    batcher._cache[(sequence, 0)] = cols
+    batcher.vocab = type("V", (), {"rows": staticmethod(lambda ids: np.array(ids, np.int64))})()
+    return batcher
+
+
+def _samples(n_users: int, n: int, L: int, n_items: int, seed: int):
+    """n samples over the users, in order, each after its user's whole history (full-length sequences)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed + 1)
+    return pd.DataFrame({"user_id": np.arange(n) % n_users, "item_id": rng.integers(1, n_items, n),
+                         "ts": np.full(n, (L + 20) * 1000, np.int64),
+                         "label": (rng.random(n) < 0.3).astype(np.float32)})
 
 
 def run_one(model_name: str, L: int, n_items: int = 200_000, B: int = 256, threads: int = 2, steps: int = 8,
             seed: int = 0) -> dict[str, Any]:
-    """One configuration in this process (called in a child by `bench_train`)."""
+    """One configuration in this process (called in a child by `bench_train`).
+
+    End to end (the headline): the trainer's own loop, train/step.py's `batches` (batch building from CSR
+    arrays, overlapped with the model by its prefetch thread) feeding `train_step`, or the model's forward
+    for inference, timed over `steps` batches after 2 warm-up ones. Then the parts, each timed alone: batch
+    building, the no-grad GSU, and the forward / backward / optimizer of a step on a prebuilt batch."""
     import torch
 
-    from twinv2.models.attention import AttentionConfig
     from twinv2.models.frame import ModelConfig
     from twinv2.models.registry import build_model
     from twinv2.train.features import CROSS_BUCKETS
     from twinv2.train.optim import SplitAdam
-    from twinv2.train.step import train_step
+    from twinv2.train.step import batches, train_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    cfg = ModelConfig(seq_len=L, attention=AttentionConfig())
-    model = build_model(model_name, _tables(n_items, seed), cfg, CROSS_BUCKETS)
+    model = build_model(model_name, _tables(n_items, seed), ModelConfig(seq_len=L), CROSS_BUCKETS)
     opt = SplitAdam(model, lr=1e-3)
-    batches = [_synthetic(n_items, B, L, model.sequence == "clusters", seed + i) for i in range(2)]
-    parts: dict[str, list[float]] = {"gsu": [], "forward": [], "backward": [], "optimizer": [], "step": []}
+    n_users = 4 * B
+    batcher = _batcher(model.sequence, L, B, n_items, seed, n_users)
+    df = _samples(n_users, (steps + 2) * B, L, n_items, seed)
+
+    def end_to_end(step) -> float:
+        t0 = 0.0
+        for i, (_, batch) in enumerate(batches(batcher, df, B)):
+            if i == 2:  # warm-up excluded
+                t0 = time.perf_counter()
+            step(batch)
+        return steps * B / (time.perf_counter() - t0)
+
     model.train()
+    train_rate = end_to_end(lambda batch: train_step(model, opt, batch))
+    model.eval()
+    with torch.no_grad():
+        infer_rate = end_to_end(model)
+
+    prebuilt = [batch for _, batch in batches(batcher, df.iloc[:2 * B], B, prefetch=False)]
+    parts: dict[str, list[float]] = {"collate": [], "gsu": [], "forward": [], "backward": [], "optimizer": [],
+                                     "step": [], "infer": []}
     for i in range(steps + 2):
-        batch = batches[i % 2]
+        rows = df.iloc[(i % 4) * B:(i % 4 + 1) * B]
         t0 = time.perf_counter()
+        batcher.batch(rows["user_id"].to_numpy(), rows["item_id"].to_numpy(), rows["ts"].to_numpy(),
+                      rows["label"].to_numpy())
+        t1 = time.perf_counter()
+        batch = prebuilt[i % 2]
+        model.train()
         with torch.no_grad():
             target = model.items(batch.target)
             model.gsu(batch, target, model.attn.query(target))
-        t1 = time.perf_counter()
+        t2 = time.perf_counter()
         times: dict[str, float] = {}
         train_step(model, opt, batch, times)
-        t2 = time.perf_counter()
+        t3 = time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            model(batch)
+        t4 = time.perf_counter()
         if i >= 2:  # warm-up excluded
-            for k, v in (("gsu", t1 - t0), *times.items(), ("step", t2 - t1)):
+            for k, v in (("collate", t1 - t0), ("gsu", t2 - t1), *times.items(), ("step", t3 - t2),
+                         ("infer", t4 - t3)):
                 parts[k].append(v)
-    model.eval()
-    infer = []
-    with torch.no_grad():
-        for i in range(steps + 2):
-            t0 = time.perf_counter()
-            model(batches[i % 2])
-            if i >= 2:
-                infer.append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in parts.items()}
-    collate = _collate_rate(L, B, n_items, seed, reps=5)
-    step = med["step"]
     return {
         "model": model_name, "gsu_length": L, "batch": B, "threads": threads, "n_items": n_items, "steps": steps,
-        "train_samples_per_s": B / step,
-        "train_samples_per_s_with_collate": B / (step + B / collate),
-        "infer_samples_per_s": B / statistics.median(infer),
-        "infer_samples_per_s_with_collate": B / (statistics.median(infer) + B / collate),
-        "collate_samples_per_s": collate,
+        "train_samples_per_s": train_rate,
+        "infer_samples_per_s": infer_rate,
+        "train_samples_per_s_model_only": B / med["step"],
+        "infer_samples_per_s_model_only": B / med["infer"],
+        "collate_samples_per_s": B / med["collate"],
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "step_ms": {k: 1000 * v for k, v in med.items()},
-        "note": "forward includes its own no-grad GSU; 'gsu' is that GSU timed alone",
+        "native_gsu": _native(),
+        "note": "train/infer_samples_per_s: end to end, batch building included (prefetched in a thread, as the "
+                "trainer does); step_ms: medians of each part alone ('gsu' is the no-grad GSU the forward runs, "
+                "'step' = forward + backward + optimizer, 'infer' a no-grad forward)",
     }
+
+
+def _native() -> bool:
+    from twinv2.models import native
+
+    return native.available()
 
 
 def bench_train(models: tuple[str, ...] = ("twin", "twin_v2"), lengths: tuple[int, ...] = (1_000, 10_000),
