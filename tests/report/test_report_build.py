@@ -145,3 +145,13 @@ def test_external_dataset_and_an_unfinished_experiment(tmp_path, tiny_world):
     assert t["main"]["diversity"] == {"missing": "no predictions-day*.parquet files"}
     assert "not finished when this report was built" in md and "TWIN-V2 − TWIN paired test: needs both" in md
     assert check_report(exp) == []
+
+
+def test_stage_timings_are_listed_in_run_order_not_alphabetically():
+    from twinv2.report.build import header
+    from twinv2.report.load import Experiment
+
+    meta = {"timings": {"a report": 1.0, "generate main": 2.0, "train main/twin": 3.0, "zz unplanned": 4.0},
+            "stage_order": ["generate main", "train main/twin", "a report"]}
+    exp = Experiment(root=Path("."), meta=meta, main=None, kuairand=None, sweep={}, bench_train=None, problems=[])
+    assert list(header(exp)["timings"]) == ["generate main", "train main/twin", "a report", "zz unplanned"]

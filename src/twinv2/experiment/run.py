@@ -117,6 +117,7 @@ class Experiment:
 
     def run(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
+        self.record["stage_order"] = [name for name, _ in self.stages]  # experiment.json sorts `timings`' keys
         self._save()
         t_all = time.perf_counter()
         for i, (name, fn) in enumerate(self.stages, 1):

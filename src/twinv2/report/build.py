@@ -21,6 +21,8 @@ FORMAT_VERSION = 1
 def header(exp: Experiment) -> dict[str, Any]:
     m = exp.meta
     timings = {k: float(v) for k, v in (m.get("timings") or {}).items() if isinstance(v, (int, float))}
+    order = {name: i for i, name in enumerate(m.get("stage_order") or [])}  # run order (JSON sorts the keys)
+    timings = dict(sorted(timings.items(), key=lambda kv: order.get(kv[0], len(order))))
     elapsed = None
     try:
         elapsed = (datetime.fromisoformat(m["finished"]) - datetime.fromisoformat(m["started"])).total_seconds()

@@ -184,7 +184,7 @@ def run_header(doc: Doc, exp: Experiment, t: dict[str, Any]) -> None:
         total = num(h["timings_total"])
         rows = [[k, secs(v), f"{v / total:.1%}" if total else DASH] for k, v in h["timings"].items()]
         rows.append(["**total (sum of stages)**", f"**{secs(total)}**", "100%"])
-        doc.add(Table(["Stage", "Time", "Share"], rows, "Time per stage (experiment.json `timings`):"))
+        doc.add(Table(["Stage", "Time", "Share"], rows, "Time per stage, in run order (experiment.json `timings`):"))
     if h.get("config") is not None:
         n_lines = len(json.dumps(h["config"], indent=2).splitlines())
         doc.add(P(f"The resolved configuration (experiment.json `config`, {n_lines} lines) is in `config.json` "
