@@ -11,8 +11,8 @@ import torch
 class Seq:
     """A long-term sequence: raw behaviours (latest L before the sample) or a user's clusters."""
 
-    rows: torch.Tensor  # (B, L) int64 item rows of the vocabulary; 0 where padded
-    cross: torch.Tensor  # (B, L, J) int64 cross-feature bucket ids (0 where padded)
+    rows: torch.Tensor  # (B, L) int32 (the batcher's) or int64 item rows of the vocabulary; 0 where padded
+    cross: torch.Tensor  # (B, L, J) int32 or int64 cross-feature bucket ids (0 where padded)
     mask: torch.Tensor  # (B, L) bool, True = a real element
     log_n: torch.Tensor | None = None  # (B, L) float ln(cluster size); None for raw behaviours
 
