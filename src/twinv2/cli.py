@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -134,7 +135,22 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = _config(TrainConfig, a.config, a.set, model=a.model)
     ds = Dataset(a.dataset)
     out = Path(a.out or f"runs/{ds.root.name}-{cfg.model}")
-    result = train_one(ds, cfg, out, snapshots=a.snapshot or None, embeddings=a.embeddings, progress=not a.quiet)
+    kw = dict(snapshots=a.snapshot or None, embeddings=a.embeddings, progress=not a.quiet)
+    if a.nproc != 1:  # data-parallel: N local processes, one gloo group (train/distributed.py)
+        from twinv2.train.distributed import launch
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(f"--nproc {a.nproc} under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}): "
+                             f"let torchrun start the processes, or drop torchrun")
+        result = launch(a.nproc, train_one, ds, cfg, out, threads=max(1, cfg.threads // max(a.nproc, 1)),
+                        timeout_s=a.dist_timeout, **kw)[0]
+    else:  # one process, or one rank of a torchrun job (RANK, WORLD_SIZE, ... in the environment)
+        from twinv2.train.distributed import group_from_env
+
+        with group_from_env("gloo", timeout_s=a.dist_timeout) as ranks:  # the trainer's tensors live on the CPU
+            result = train_one(ds, cfg, out, **kw)
+        if not ranks.is_main:
+            return 0
     print(f"AUC {result['auc_mean']:.4f} ± {result['auc_std']:.4f}   GAUC {result['gauc_mean']:.4f} ± "
           f"{result['gauc_std']:.4f}")
     print(f"wrote checkpoint and metrics to {out}")
@@ -151,10 +167,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
         result = bench_cluster(a.dataset, a.embeddings, n_users=a.users, big_user=not a.no_big_user)
         print(format_bench(result))
+    elif a.what == "train" and a.nproc != 1:
+        from twinv2.bench.ddp import bench_ddp
+
+        result = bench_ddp(a.nproc, lengths=tuple(a.lengths or (1_000,)), steps=a.steps)
     elif a.what == "train":
         from twinv2.bench.train import bench_train
 
-        result = bench_train(steps=a.steps)
+        result = bench_train(steps=a.steps, **({"lengths": tuple(a.lengths)} if a.lengths else {}))
     elif a.what == "serve":
         from twinv2.bench.serve import bench_serve
 
@@ -199,6 +219,17 @@ def cmd_demo(a: argparse.Namespace) -> int:
     """`make demo`: the `demo` experiment (all ten models, ablations, sweep, KuaiRand, report)."""
     a.config, a.preset = None, "demo"
     return cmd_experiment(a)
+
+
+def _int_list(text: str) -> list[int]:
+    """`1000,10000` -> [1000, 10000] (argparse type: a bad item is an error naming it)."""
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return out
 
 
 def _write_json(path: str | Path, obj: Any) -> None:
@@ -269,17 +300,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_cluster)
 
     b = sub.add_parser("bench", help="benchmarks (each prints JSON; --json PATH writes it)")
-    b.add_argument("what", choices=["generate", "cluster", "train", "serve"])
-    b.add_argument("--json", metavar="PATH")
-    b.add_argument("--preset", default="small", help="generate: world preset")
-    b.add_argument("--out", help="generate: where to write the world (default: a temporary folder)")
-    b.add_argument("--workers", type=int)
-    b.add_argument("--dataset", help="cluster: use this dataset's users (default: synthetic users)")
-    b.add_argument("--embeddings", help="cluster: item embeddings for --dataset")
-    b.add_argument("--users", type=int, default=50, help="cluster: users per variant")
-    b.add_argument("--no-big-user", action="store_true", help="cluster: skip the 10^6-behaviour user")
-    b.add_argument("--steps", type=int, default=8, help="train: timed steps per configuration")
-    b.set_defaults(func=cmd_bench)
+    b.add_argument("--json", metavar="PATH", help="also write the result as JSON (also accepted after the name)")
+    bs = b.add_subparsers(dest="what", required=True, metavar="{generate,cluster,train,serve}")
+
+    def bench_parser(name: str, summary: str) -> argparse.ArgumentParser:
+        q = bs.add_parser(name, help=summary)
+        q.add_argument("--json", metavar="PATH", default=argparse.SUPPRESS, help="also write the result as JSON")
+        q.set_defaults(func=cmd_bench)
+        return q
+
+    bg = bench_parser("generate", "world generation rate")
+    bg.add_argument("--preset", default="small", help="world preset (default: small)")
+    bg.add_argument("--out", help="where to write the world (default: a temporary folder)")
+    bg.add_argument("--workers", type=int)
+    bc = bench_parser("cluster", "the paper's Table 4: clustering variants on one set of users")
+    bc.add_argument("--dataset", help="use this dataset's users (default: synthetic users)")
+    bc.add_argument("--embeddings", help="item embeddings for --dataset")
+    bc.add_argument("--users", type=int, default=50, help="users per variant")
+    bc.add_argument("--no-big-user", action="store_true", help="skip the 10^6-behaviour user")
+    bt = bench_parser("train", "training/inference samples/s of TWIN and TWIN-V2 (--nproc N: data-parallel "
+                      "scaling)")
+    bt.add_argument("--steps", type=int, default=8, help="timed steps per configuration")
+    bt.add_argument("--nproc", type=int, default=1, help="N > 1: samples/s with 1 vs N processes and the scaling "
+                    "efficiency (bench/ddp.py)")
+    bt.add_argument("--lengths", type=_int_list, help="GSU lengths, comma-separated (default: 1000,10000; "
+                    "with --nproc: 1000)")
+    bsv = bench_parser("serve", "online scoring latency and an HTTP load test")
 
     t = sub.add_parser("train", help="train and evaluate one model with the streaming five-day protocol")
     t.add_argument("dataset")
@@ -293,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a TrainConfig field, on top of --config; dotted keys reach nested ones, "
                         "e.g. model_cfg.eta.n_bits=32")
+    t.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (default 1; "
+                   "TrainConfig.threads are split across them); or launch with `torchrun --nproc_per_node N -m "
+                   "twinv2.cli train ...`")
+    t.add_argument("--dist-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="with --nproc/torchrun: the longest a rank waits for the others before the job fails")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -317,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     from twinv2.serve.commands import register
 
     register(sub)  # `twinv2 serve`, `twinv2 nearline`
-    add_bench_args(b)  # `twinv2 bench serve` flags
+    add_bench_args(bsv)  # `twinv2 bench serve` flags
     return p
 
 

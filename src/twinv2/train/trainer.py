@@ -3,7 +3,8 @@
 Per evaluation day: train on the samples of hours 0–22 in time order, then test on hour 23; the model and
 optimizer carry over to the next day, as a nearline trainer's would. AUC and GAUC are reported per day and as
 mean ± std over the days; on generated data the oracle AUC/GAUC from `p_true` bound what any model can reach.
-Loss (BCE), optimizer (Adam), threads, seeding and checkpoints live here, never on the model.
+Loss (BCE), optimizer (Adam), threads, seeding and checkpoints live here, never on the model. Inside a
+torch.distributed group (train/distributed.py) each rank trains and scores its share and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from twinv2.models.registry import build_model, model_class
 from twinv2.offline.store import ClusterSnapshot
 from twinv2.train.batching import Batcher
 from twinv2.train.checkpoint import resolved_config, save_checkpoint
+from twinv2.train.distributed import (Ranks, SyncedOptimizer, backend as dist_backend, broadcast_state,
+                                     evaluate_sharded, train_rows_sharded)
 from twinv2.train.features import N_DUR, Features, duration_bucket
 from twinv2.train.metrics import auc, gauc, summarise
 from twinv2.train.optim import SplitAdam
@@ -85,11 +88,12 @@ class StreamingTrainer:
     def __init__(self, ds: Dataset, cfg: TrainConfig, snapshots: list[ClusterSnapshot] | None = None,
                  item_vectors: np.ndarray | None = None, out_dir: str | Path | None = None,
                  progress: bool = True, init_vectors: np.ndarray | None = None) -> None:
-        self.ds, self.cfg, self.progress = ds, cfg, progress
+        self.ranks = Ranks.current()  # (0, 1) outside a torch.distributed group
+        self.ds, self.cfg, self.progress = ds, cfg, progress and self.ranks.is_main
         self.snapshots = list(snapshots or [])
-        self.out = Path(out_dir) if out_dir else None
+        self.out = Path(out_dir) if out_dir and self.ranks.is_main else None  # only rank 0 writes
         torch.manual_seed(cfg.seed)
-        torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(self.ranks.threads(cfg.threads))
         self.vocab, tables = item_tables(ds)
         feats = Features.for_dataset(ds, model_class(cfg.model).sequence)  # train/features.py: the one contract
         self.model = build_model(cfg.model, tables, cfg.model_cfg, feats.cross_buckets, feats.user_buckets,
@@ -99,21 +103,33 @@ class StreamingTrainer:
         self.item_init = "random" if cfg.item_init == "random" or init_vectors is None else "embeddings"
         if self.item_init == "embeddings":
             self.model.load_pretrained(init_vectors)
+        broadcast_state(self.model)  # same seed on every rank already; rank 0's state, to be safe
         # The zero-shot reference (train/zero_shot.py): this model at step 0, scored by its own retrieval.
         self.reference = reference_model(self.model) if self.item_init == "embeddings" else None
         self.batcher = Batcher(ds, self.vocab, self.model.sequence, self.model.seq_len, features=feats)
         self.cfg = resolved_config(cfg, self.model)  # what metrics.json and the checkpoints record
-        self.opt = SplitAdam(self.model, cfg.lr)
+        self.opt: SplitAdam | SyncedOptimizer = SplitAdam(self.model, cfg.lr)
+        if self.ranks.world > 1:
+            self.opt = SyncedOptimizer(self.opt, self.model)  # sums the ranks' gradients before each step
 
     def train_day(self, df: pd.DataFrame, desc: str) -> dict[str, float]:
         with tqdm(total=len(df), desc=desc, unit="sample", disable=not self.progress, leave=False) as bar:
+            if self.ranks.world > 1:
+                return train_rows_sharded(self.model, self.opt, self.batcher, df, self.cfg.batch_size, self.ranks,
+                                          bar.update)
             return train_rows(self.model, self.opt, self.batcher, df, self.cfg.batch_size, bar.update)
 
-    @torch.no_grad()
     def evaluate(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]:
         """One pass over `df`'s batches: the model's click probabilities, its zero-shot reference's scores
         (train/zero_shot.py; None without pre-trained vectors), the raw item ids its GSU kept on a world with
-        ground truth (train/retrieval.py; None otherwise), and samples/s of batch building + the model alone."""
+        ground truth (train/retrieval.py; None otherwise), and samples/s of batch building + the model alone.
+        In a group each rank scores its part and every rank gets the whole."""
+        if self.ranks.world > 1:
+            return evaluate_sharded(self._evaluate, df, self.ranks)
+        return self._evaluate(df)
+
+    @torch.no_grad()
+    def _evaluate(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]:
         self.model.eval()
         want_kept = has_truth(self.ds)
         scores, zero, kept, extra = [], [], [], 0.0
@@ -195,6 +211,9 @@ class StreamingTrainer:
         summary = summarise(results)
         summary.update({"model": self.cfg.model, "config": to_dict(self.cfg), "item_init": self.item_init,
                         "days": results, "warmup_days": warmup})
+        if self.ranks.world > 1:
+            summary["distributed"] = {"world_size": self.ranks.world, "backend": dist_backend(),
+                                      "threads_per_rank": self.ranks.threads(self.cfg.threads)}
         if kept:
             summary["retrieval"] = retrieval_diagnostics(self.ds, pd.concat([k for k, _ in kept], ignore_index=True),
                                                          np.concatenate([i for _, i in kept]))
