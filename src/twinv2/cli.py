@@ -132,7 +132,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from twinv2.train.run import train_one
     from twinv2.train.trainer import TrainConfig
 
-    cfg = _config(TrainConfig, a.config, a.set, model=a.model)
+    cfg = _config(TrainConfig, a.config, a.set, model=a.model, device=a.device)
     ds = Dataset(a.dataset)
     out = Path(a.out or f"runs/{ds.root.name}-{cfg.model}")
     kw = dict(snapshots=a.snapshot or None, embeddings=a.embeddings, progress=not a.quiet)
@@ -147,7 +147,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     else:  # one process, or one rank of a torchrun job (RANK, WORLD_SIZE, ... in the environment)
         from twinv2.train.distributed import group_from_env
 
-        with group_from_env("gloo", timeout_s=a.dist_timeout) as ranks:  # the trainer's tensors live on the CPU
+        from twinv2.train.trainer import resolve_device
+
+        on_gpu = resolve_device(cfg.device).type == "cuda"
+        with group_from_env("nccl" if on_gpu else "gloo", timeout_s=a.dist_timeout) as ranks:
             result = train_one(ds, cfg, out, **kw)
         if not ranks.is_main:
             return 0
@@ -174,7 +177,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     elif a.what == "train":
         from twinv2.bench.train import bench_train
 
-        result = bench_train(steps=a.steps, **({"lengths": tuple(a.lengths)} if a.lengths else {}))
+        lengths = {"lengths": tuple(a.lengths)} if a.lengths else {}
+        result = bench_train(steps=a.steps, device=a.device, **lengths)
     elif a.what == "serve":
         from twinv2.bench.serve import bench_serve
 
@@ -323,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--steps", type=int, default=8, help="timed steps per configuration")
     bt.add_argument("--nproc", type=int, default=1, help="N > 1: samples/s with 1 vs N processes and the scaling "
                     "efficiency (bench/ddp.py)")
+    bt.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     bt.add_argument("--lengths", type=_int_list, help="GSU lengths, comma-separated (default: 1000,10000; "
                     "with --nproc: 1000)")
     bsv = bench_parser("serve", "online scoring latency and an HTTP load test")
@@ -339,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a TrainConfig field, on top of --config; dotted keys reach nested ones, "
                         "e.g. model_cfg.eta.n_bits=32")
+    t.add_argument("--device", help="cpu, cuda, cuda:N or auto (the default: cuda when torch sees a GPU)")
     t.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (default 1; "
                    "TrainConfig.threads are split across them); or launch with `torchrun --nproc_per_node N -m "
                    "twinv2.cli train ...`")

@@ -399,7 +399,8 @@ def cost_blocks(doc: Doc, c: dict[str, Any], exp: Experiment) -> None:
         rows = [[DISPLAY.get(r["model"], r["model"]), rate(r["gsu_length"]), rate(r["train_samples_per_s"]),
                  rate(r["infer_samples_per_s"]), f(r["peak_rss_gb"], 2)] for r in bt["rows"]]
         doc.add(Table(["Model", "GSU length", "train samples/s", "inference samples/s", "peak RSS (GB)"], rows,
-                      "bench_train.json (synthetic full-length batches, batch 256):"))
+                      "bench_train.json (synthetic full-length batches, batch 256; end to end, batch building "
+                      "included):"))
 
 
 def sweep_blocks(doc: Doc, sw: dict[str, Any] | None, figs: dict[str, Path],

@@ -242,8 +242,8 @@ def cost(sec: Section, exp: Experiment) -> dict[str, Any]:
     if isinstance(bt, dict) and bt.get("rows"):
         bench = {"source": "bench_train.json", "rows": [
             {k: r.get(k) for k in ("model", "gsu_length", "batch", "threads", "train_samples_per_s",
-                                   "train_samples_per_s_with_collate", "infer_samples_per_s",
-                                   "infer_samples_per_s_with_collate", "peak_rss_gb")} for r in bt["rows"]],
+                                   "infer_samples_per_s", "train_samples_per_s_model_only",
+                                   "infer_samples_per_s_model_only", "peak_rss_gb")} for r in bt["rows"]],
             "targets_met": bt.get("targets_met"), "machine": bt.get("machine")}
     return {"models": models, "snapshots": snaps, "cluster_timings": cluster_timings,
             "behaviour_parquet_bytes": beh_disk, "raw_row_bytes": RAW_ROW_BYTES, "cluster_row_bytes": ROW_BYTES,

@@ -43,7 +43,8 @@ def save_checkpoint(path: str | Path, model: CTRModel, cfg: Any, vocab: ItemVoca
     body = {**extra, "format_version": FORMAT_VERSION, "model": cfg.model,
             "config": to_dict(resolved_config(cfg, model)),
             "buckets": {"cross": list(model.cross_buckets), "user": [e.num_embeddings for e in model.users]},
-            "state_dict": model.state_dict(), "item_ids": torch.from_numpy(vocab.item_ids.copy())}
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},  # loads on any device
+            "item_ids": torch.from_numpy(vocab.item_ids.copy())}
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(body, tmp)
     os.replace(tmp, path)

@@ -46,7 +46,6 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -60,7 +59,7 @@ import torch.distributed as dist
 from torch import nn
 
 from twinv2.train.batching import Batcher
-from twinv2.train.step import batches, train_step
+from twinv2.train.step import batches, model_device, prefetched, train_step
 
 DEFAULT_TIMEOUT_S = 600.0  # longest a rank waits for the others in one collective (day-end writes, slow shares)
 BACKENDS = ("auto", "gloo", "nccl")
@@ -405,7 +404,7 @@ def train_rows_sharded(model: nn.Module, opt: Any, batcher: Batcher, df: pd.Data
         raise TypeError(f"train_rows_sharded needs a SyncedOptimizer, got {type(opt).__name__}")
     model.train()
     t0, total, seen = time.perf_counter(), 0.0, 0
-    for n, part, batch in _my_parts(batcher, df, batch_size, ranks):
+    for n, part, batch in _my_parts(batcher, df, batch_size, ranks, model_device(model)):
         opt.weight = len(part) / n
         if batch is not None:
             total += train_step(model, opt, batch) * len(part)
@@ -421,7 +420,7 @@ def train_rows_sharded(model: nn.Module, opt: Any, batcher: Batcher, df: pd.Data
             "train_samples_per_s": seen_all / max(sec, 1e-9)}
 
 
-def _my_parts(batcher: Batcher, df: pd.DataFrame, size: int, ranks: Ranks
+def _my_parts(batcher: Batcher, df: pd.DataFrame, size: int, ranks: Ranks, device: torch.device
               ) -> Iterator[tuple[int, pd.DataFrame, Any]]:
     """(global batch size n, this rank's rows, their Batch or None when empty) per global batch; like step.py's
     `batches`, one background thread builds the next Batch while the caller steps on this one."""
@@ -429,16 +428,10 @@ def _my_parts(batcher: Batcher, df: pd.DataFrame, size: int, ranks: Ranks
         n = min(size, len(df) - s)
         lo, hi = ranks.share(n)
         part = df.iloc[s + lo:s + hi]
-        return n, part, next(batches(batcher, part, len(part)))[1] if len(part) else None
+        return n, part, next(batches(batcher, part, len(part), prefetch=False, device=device))[1] \
+            if len(part) else None
 
-    starts = range(0, len(df), size)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="twinv2-ddp-batches") as pool:
-        nxt = pool.submit(build, starts[0]) if len(starts) else None
-        for i in range(len(starts)):
-            got = nxt.result()
-            if i + 1 < len(starts):
-                nxt = pool.submit(build, starts[i + 1])
-            yield got
+    return prefetched(build, range(0, len(df), size))
 
 
 def evaluate_sharded(evaluate: Callable[[pd.DataFrame], tuple], df: pd.DataFrame, ranks: Ranks) -> tuple:

@@ -80,5 +80,5 @@ def kept_item_ids(model: CTRModel, batch: Batch, item_ids: np.ndarray) -> np.nda
         return None
     target = model.items(batch.target)  # (B, D)
     sel = take(batch.seq, *model.gsu(batch, target, model.attn.query(target)))  # the ESU's input, (B, K')
-    ids = np.where(sel.mask.numpy(), item_ids[np.maximum(sel.rows.numpy() - 1, 0)], -1)  # (B, K')
+    ids = np.where(sel.mask.cpu().numpy(), item_ids[np.maximum(sel.rows.cpu().numpy() - 1, 0)], -1)  # (B, K')
     return np.pad(ids, ((0, 0), (0, model.cfg.attention.top_k - ids.shape[1])), constant_values=-1)

@@ -4,16 +4,20 @@ its order; the streaming trainer, the nearline trainer and `twinv2 bench train` 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import pandas as pd
+import torch
 from torch.nn import functional as F
 
 from twinv2.models.batch import Batch
 from twinv2.models.frame import CTRModel
 from twinv2.train.batching import Batcher
 from twinv2.train.optim import SplitAdam
+
+T = TypeVar("T")
 
 
 def train_step(model: CTRModel, opt: SplitAdam, batch: Batch, times: dict[str, float] | None = None) -> float:
@@ -31,28 +35,41 @@ def train_step(model: CTRModel, opt: SplitAdam, batch: Batch, times: dict[str, f
     return float(loss.detach())
 
 
-def batches(batcher: Batcher, df: pd.DataFrame, size: int, prefetch: bool = True) -> Iterator[tuple[pd.DataFrame, Batch]]:
-    """(rows, Batch) for consecutive `size`-row slices of `df` (user_id, item_id, ts, label), in order.
-
-    With `prefetch`, one background thread builds the next batch while the caller works on this one (numpy's
-    copies and torch's kernels release the GIL, so batch building overlaps the model's step); the batches and
-    their order are the same either way. The batcher is used by that one thread only while iterating."""
-    def build(s: int) -> tuple[pd.DataFrame, Batch]:
-        part = df.iloc[s:s + size]
-        return part, batcher.batch(part["user_id"].to_numpy(), part["item_id"].to_numpy(), part["ts"].to_numpy(),
-                                   part["label"].to_numpy())
-
-    starts = range(0, len(df), size)
-    if not prefetch or len(starts) < 2:
-        yield from map(build, starts)
+def prefetched(build: Callable[[int], T], keys: Sequence[int]) -> Iterator[T]:
+    """build(k) for each of `keys` in order, with one background thread building the next while the caller
+    works on this one (numpy's copies and torch's kernels release the GIL, so batch building overlaps the
+    model's step). The results and their order are those of a plain loop."""
+    if len(keys) < 2:
+        yield from map(build, keys)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="twinv2-batches") as pool:
-        nxt = pool.submit(build, starts[0])
-        for i in range(len(starts)):
-            part, batch = nxt.result()
-            if i + 1 < len(starts):
-                nxt = pool.submit(build, starts[i + 1])
-            yield part, batch
+        nxt = pool.submit(build, keys[0])
+        for i in range(len(keys)):
+            got = nxt.result()
+            if i + 1 < len(keys):
+                nxt = pool.submit(build, keys[i + 1])
+            yield got
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def batches(batcher: Batcher, df: pd.DataFrame, size: int, prefetch: bool = True,
+            device: torch.device | str | None = None) -> Iterator[tuple[pd.DataFrame, Batch]]:
+    """(rows, Batch) for consecutive `size`-row slices of `df` (user_id, item_id, ts, label), in order, each
+    Batch on `device` (None: where the batcher builds it, the CPU). With `prefetch` the next batch is built
+    (and copied to the device) in a background thread; the batcher is used by that thread only meanwhile."""
+    move = device is not None and torch.device(device).type != "cpu"
+
+    def build(s: int) -> tuple[pd.DataFrame, Batch]:
+        part = df.iloc[s:s + size]
+        batch = batcher.batch(part["user_id"].to_numpy(), part["item_id"].to_numpy(), part["ts"].to_numpy(),
+                              part["label"].to_numpy())
+        return part, batch.to(device) if move else batch
+
+    starts = range(0, len(df), size)
+    return prefetched(build, starts) if prefetch else map(build, starts)
 
 
 def train_rows(model: CTRModel, opt: SplitAdam, batcher: Batcher, df: pd.DataFrame, batch_size: int,
@@ -61,7 +78,7 @@ def train_rows(model: CTRModel, opt: SplitAdam, batcher: Batcher, df: pd.DataFra
     seconds and samples/s. `on_batch(n)` is called after each step (progress bars)."""
     model.train()
     t0, seen, total = time.perf_counter(), 0, 0.0
-    for part, batch in batches(batcher, df, batch_size):
+    for part, batch in batches(batcher, df, batch_size, device=model_device(model)):
         total += train_step(model, opt, batch) * len(part)
         seen += len(part)
         if on_batch is not None:

@@ -46,6 +46,8 @@ class TrainConfig:
     #  zero-shot reference, and 1e-2 spent the first day undoing it (demo, all samples, TWIN-V2 AUC 0.760 at
     #  1e-2 vs 0.775 at 3e-3; 0.746 at 1e-3 on 2,000 a day). Before that start, from random maps, 1e-2 beat 1e-3.
     threads: int = 2  # torch intra-op threads (this machine has 2 cores)
+    device: str = "auto"  # "cpu", "cuda", "cuda:N", or "auto": cuda when torch sees a GPU (results then match
+    #  the CPU's to float rounding; tests/train/test_device.py), else cpu
     seed: int = 0
     max_train_per_day: int = 0  # 0 = every training sample; N = a deterministic subsample of N per day
     eval_batch_size: int = 512
@@ -61,11 +63,25 @@ class TrainConfig:
         model_class(self.model)  # unknown names fail here, naming the known ones
         if self.item_init not in ("auto", "embeddings", "random"):
             raise ValueError(f"item_init must be 'auto', 'embeddings' or 'random', got {self.item_init!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.batch_size < 1 or self.eval_batch_size < 1 or self.lr <= 0 or self.threads < 1 \
                 or self.passes_per_day < 1:
             raise ValueError(f"bad TrainConfig: batch_size={self.batch_size}, eval_batch_size="
                              f"{self.eval_batch_size}, lr={self.lr}, threads={self.threads}, "
                              f"passes_per_day={self.passes_per_day}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """TrainConfig.device as a torch device: "auto" is cuda when torch sees a GPU; asking for cuda without one
+    is an error naming what torch sees."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: torch sees no CUDA GPU here (torch {torch.__version__}, "
+                         f"CUDA build {torch.version.cuda}); use device=cpu or auto")
+    return dev
 
 
 def item_tables(ds: Dataset) -> tuple[ItemVocab, ItemTables]:
@@ -103,6 +119,8 @@ class StreamingTrainer:
         self.item_init = "random" if cfg.item_init == "random" or init_vectors is None else "embeddings"
         if self.item_init == "embeddings":
             self.model.load_pretrained(init_vectors)
+        self.device = resolve_device(cfg.device)
+        self.model.to(self.device)
         broadcast_state(self.model)  # same seed on every rank already; rank 0's state, to be safe
         # The zero-shot reference (train/zero_shot.py): this model at step 0, scored by its own retrieval.
         self.reference = reference_model(self.model) if self.item_init == "embeddings" else None
@@ -134,11 +152,11 @@ class StreamingTrainer:
         want_kept = has_truth(self.ds)
         scores, zero, kept, extra = [], [], [], 0.0
         t0 = time.perf_counter()
-        for _, batch in batches(self.batcher, df, self.cfg.eval_batch_size):
-            scores.append(torch.sigmoid(self.model(batch)).numpy())
+        for _, batch in batches(self.batcher, df, self.cfg.eval_batch_size, device=self.device):
+            scores.append(torch.sigmoid(self.model(batch)).cpu().numpy())
             t1 = time.perf_counter()
             if self.reference is not None:
-                zero.append(zero_shot_scores(self.reference, batch).numpy())
+                zero.append(zero_shot_scores(self.reference, batch).cpu().numpy())
             ids = kept_item_ids(self.model, batch, self.vocab.item_ids) if want_kept else None
             if ids is not None:
                 kept.append(ids)
@@ -210,6 +228,7 @@ class StreamingTrainer:
                 pred.to_parquet(self.out / f"predictions-day{day.index}.parquet", index=False)
         summary = summarise(results)
         summary.update({"model": self.cfg.model, "config": to_dict(self.cfg), "item_init": self.item_init,
+                        "device": str(self.device),
                         "days": results, "warmup_days": warmup})
         if self.ranks.world > 1:
             summary["distributed"] = {"world_size": self.ranks.world, "backend": dist_backend(),
