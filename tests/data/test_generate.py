@@ -17,14 +17,15 @@ from twinv2.config import from_dict
 from twinv2.data.generate import WorldConfig, generate_world, preset
 from twinv2.data.generate.streams import TERMS, Calibration, click_logit
 from twinv2.data.generate.users import KINDS
+from twinv2.data.checksum import MARKER
 from twinv2.data.storage import DAY_MS, HOUR_MS, Dataset, shard_of
 from twinv2.schema import completion_ratio
 
 
 def _digest(root: Path) -> dict[str, str]:
-    """sha256 of every file under root, by relative path."""
+    """sha256 of every file under root, by relative path (the verified-marker, a cache of stat results, aside)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MARKER}
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from twinv2.data.checksum import MARKER
 from twinv2.data.generate import generate_world, preset
 from twinv2.data.storage import DAY_MS, Dataset
 
@@ -15,8 +16,9 @@ WARMUP, REQUEST = 3, 4
 
 
 def _digest(root: Path) -> dict[str, str]:
+    """sha256 of every file but the verified-marker (a cache of stat results)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MARKER}
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,7 @@ def test_without_truth_behaviours_evidence_falls_back_to_topics(tiny_world, tmp_
     root = tmp_path / "old"
     shutil.copytree(tiny_world, root)
     shutil.rmtree(root / "truth" / "behaviours")
+    write_manifest(root, json.loads((root / "manifest.json").read_text()))  # a world made before they existed
     body = measure_premise(root, window=50)
     assert body["evidence"] == "topic" and body["share_beyond_window"] == body["share_beyond_window_topic"]
     assert measure_premise(tiny_world, window=50)["evidence"] == "interest"

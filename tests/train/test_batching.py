@@ -87,7 +87,9 @@ def world_with_features(tiny_world, tmp_path_factory):
         df["liked"] = (df["item_id"] % 3 == 0).astype("float32")  # a 0/1 flag on each behaviour
         df.to_parquet(root / "behaviours" / p.name, index=False)
     m = json.loads((tiny_world / "manifest.json").read_text())
-    (root / "manifest.json").write_text(json.dumps({**m, "cross_features": ["liked"], "user_features": ["activity"]}))
+    from twinv2.data.storage import write_manifest
+
+    write_manifest(root, {**m, "cross_features": ["liked"], "user_features": ["activity"]})
     return root
 
 

@@ -12,13 +12,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-CACHE_VERSION = 1
+from twinv2.data.checksum import MARKER, VerifiedMarker, file_entry, hash_cached, verify_files
+from twinv2.schema import DataError
+
+CACHE_VERSION = 2  # 2: the stamp records the source's sha256 and each .npy file's
+SOURCE = "source"  # the shard's name in the cache's verified-marker
 
 
 def user_ranges(user_ids: np.ndarray, offsets: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,34 +87,56 @@ class BehaviourCSR:
         return cls(user_ids=user_ids, offsets=offsets, columns=cols)
 
     @classmethod
-    def open(cls, parquet_path: str | Path, cache: bool = True) -> "BehaviourCSR":
-        """Open a shard; build (once) and memory-map its .npy cache when `cache` is set and writable."""
+    def open(cls, parquet_path: str | Path, cache: bool = True, source_sha256: str | None = None) -> "BehaviourCSR":
+        """Open a shard; build (once) and memory-map its .npy cache when `cache` is set and writable.
+
+        The cache is used only if it was built from this very file (its stamp records the source's size and
+        sha256: `source_sha256` when the caller has verified it, e.g. from the dataset's manifest, else hashed
+        here once per change of the file) and its own files still have the checksums it was written with;
+        a damaged or stale cache is rebuilt, with a warning naming it.
+        """
         path = Path(parquet_path)
         if not path.is_file():
             raise FileNotFoundError(f"behaviour shard not found: {path}")
         cache_dir = path.with_suffix(".csr")
-        stamp = {"version": CACHE_VERSION, "size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns}
-        if cache and _cache_valid(cache_dir, stamp):
-            return cls._load_cache(cache_dir)
+        if cache:
+            marker = VerifiedMarker(cache_dir / MARKER if cache_dir.is_dir() else None)
+            size = path.stat().st_size
+            sha = source_sha256 or hash_cached(path, SOURCE, marker)[1]
+            source = {"bytes": size, "sha256": sha}
+            stamp = _read_stamp(cache_dir)
+            if stamp is not None and stamp.get("version") == CACHE_VERSION and stamp.get("source") == source:
+                try:
+                    verify_files({n: cache_dir / n for n in stamp["files"]}, stamp["files"], marker,
+                                 cache_dir / "stamp.json", fix="rebuilding it from the shard")
+                    return cls._load_cache(cache_dir, stamp)
+                except (DataError, KeyError, TypeError, ValueError) as e:
+                    warnings.warn(f"damaged behaviour cache: {e}", RuntimeWarning, stacklevel=2)
         table = pq.read_table(path)
         csr = cls.from_columns({name: table.column(name).to_numpy() for name in table.column_names})
         if cache:
             try:
-                csr._save_cache(cache_dir, stamp)
-                return cls._load_cache(cache_dir)
-            except OSError:  # read-only dataset: keep the in-memory arrays
+                csr._save_cache(cache_dir, source, marker)
+                return cls._load_cache(cache_dir, _read_stamp(cache_dir))
+            except (OSError, DataError, TypeError):  # read-only dataset (or a racing writer): keep the arrays
                 pass
         return csr
 
-    def _save_cache(self, cache_dir: Path, stamp: dict) -> None:
+    def _save_cache(self, cache_dir: Path, source: dict, old: VerifiedMarker | None = None) -> None:
         tmp = cache_dir.with_name(cache_dir.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        np.save(tmp / "user_ids.npy", self.user_ids)
-        np.save(tmp / "offsets.npy", self.offsets)
-        for k, v in self.columns.items():
-            np.save(tmp / f"col.{k}.npy", np.ascontiguousarray(v))
-        (tmp / "stamp.json").write_text(json.dumps(stamp))
+        arrays = {"user_ids.npy": self.user_ids, "offsets.npy": self.offsets,
+                  **{f"col.{k}.npy": np.ascontiguousarray(v) for k, v in self.columns.items()}}
+        marker = VerifiedMarker(tmp / MARKER)
+        if old is not None and SOURCE in old.entries:  # the shard's own hash stays vouched for
+            marker.entries[SOURCE] = old.entries[SOURCE]
+        files = {}
+        for name, arr in arrays.items():
+            np.save(tmp / name, arr)
+            files[name] = file_entry(tmp / name, name, marker)
+        marker.save()
+        (tmp / "stamp.json").write_text(json.dumps({"version": CACHE_VERSION, "source": source, "files": files}))
         shutil.rmtree(cache_dir, ignore_errors=True)
         try:
             os.replace(tmp, cache_dir)
@@ -117,8 +144,10 @@ class BehaviourCSR:
             shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
-    def _load_cache(cls, cache_dir: Path) -> "BehaviourCSR":
-        cols = {p.name[4:-4]: np.load(p, mmap_mode="r") for p in sorted(cache_dir.glob("col.*.npy"))}
+    def _load_cache(cls, cache_dir: Path, stamp: dict | None) -> "BehaviourCSR":
+        if stamp is None:
+            raise DataError(f"{cache_dir}: no stamp.json")
+        cols = {n[4:-4]: np.load(cache_dir / n, mmap_mode="r") for n in sorted(stamp["files"]) if n.startswith("col.")}
         return cls(user_ids=np.load(cache_dir / "user_ids.npy"), offsets=np.load(cache_dir / "offsets.npy"),
                    columns=cols)
 
@@ -150,8 +179,9 @@ class BehaviourCSR:
         return {k: v[s:e] for k, v in self.columns.items()}
 
 
-def _cache_valid(cache_dir: Path, stamp: dict) -> bool:
+def _read_stamp(cache_dir: Path) -> dict | None:
     try:
-        return json.loads((cache_dir / "stamp.json").read_text()) == stamp
+        stamp = json.loads((cache_dir / "stamp.json").read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    return stamp if isinstance(stamp, dict) and isinstance(stamp.get("files"), dict) else None

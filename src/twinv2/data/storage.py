@@ -2,7 +2,9 @@
 
 Layout of a dataset directory::
 
-    manifest.json             written last: a directory without it is incomplete
+    manifest.json             written last (a directory without it is incomplete): every data file's size and
+                              sha256 ("files") and the manifest's own checksum ("manifest_sha256")
+    .verified.json            cache of what was verified (checksum.py); safe to delete
     items.parquet             item_id, author_id, tag, duration_ms (sorted by item_id)
     users.parquet             optional user features
     behaviours/part-00007.parquet   shard 7: behaviours of users with shard_of(user_id) == 7
@@ -11,14 +13,18 @@ Layout of a dataset directory::
     truth/                    generated worlds only: ground truth that models never see
 
 Writers stream: a shard is appended to chunk by chunk (each chunk sorted, and starting after the previous
-chunk's last (user_id, ts)), so a world of any size is written in bounded memory.
+chunk's last (user_id, ts)), so a world of any size is written in bounded memory. A whole dataset is written
+into a temporary sibling folder and renamed into place (dirs.staged_dir); files of a complete one are replaced
+through a journal (`replace_files`). Opening one (`Dataset`) checks the manifest's checksum, that n_shards
+matches the part files, and every file's size and checksum (hashed once per change of the file), so a damaged
+file stops the reader with a DataError naming it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +35,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from twinv2.data.checksum import MARKER, VerifiedMarker, file_entry, verify_files
+from twinv2.data.dirs import JOURNAL, MANIFEST, data_files, failpoint
+from twinv2.data.dirs import prepare_dir  # noqa: F401 - re-exported: where tests and tools import it from
 from twinv2.schema import BEHAVIOURS, SAMPLES, DataError, TableSpec
 
 FORMAT = "twinv2-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest lists every data file's checksum and carries its own
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 
@@ -185,9 +194,68 @@ def write_json_atomic(path: str | Path, body: Any) -> None:
     os.replace(tmp, path)
 
 
+def manifest_sha256(body: dict[str, Any]) -> str:
+    """The manifest's own checksum: sha256 of its canonical JSON (sorted keys, no spaces), the checksum field
+    itself left out."""
+    rest = {k: v for k, v in body.items() if k != "manifest_sha256"}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), default=json_default, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def manifest_body(root: Path, manifest: dict[str, Any], files: dict[str, dict] | None = None) -> dict[str, Any]:
+    """The full manifest of the dataset at `root`: `manifest`'s fields, every data file's size and sha256
+    (hashing only files the verified-marker cannot vouch for; `files` overrides entries), and the manifest's
+    own checksum. Any "files"/"manifest_sha256" given in `manifest` are recomputed, never copied."""
+    root = Path(root)
+    marker = VerifiedMarker(root / MARKER)
+    entries = {rel: file_entry(root / rel, rel, marker) for rel in data_files(root)}
+    entries.update(files or {})
+    marker.save()
+    body = {k: v for k, v in manifest.items() if k not in ("format", "version", "files", "manifest_sha256")}
+    body = json.loads(json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **body, "files": entries},
+                                 default=json_default))  # plain JSON types, so the checksum reads back equal
+    body["manifest_sha256"] = manifest_sha256(body)
+    return body
+
+
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Write manifest.json atomically; this marks the dataset complete."""
-    write_json_atomic(Path(root) / "manifest.json", {"format": FORMAT, "version": FORMAT_VERSION, **manifest})
+    """Write manifest.json atomically, with every data file's checksum and its own; this marks the dataset
+    complete, so it comes after every data file."""
+    write_json_atomic(Path(root) / MANIFEST, manifest_body(root, manifest))
+
+
+def replace_files(root: Path, tmp_files: dict[str, Path], manifest: dict[str, Any]) -> None:
+    """Replace some data files of a complete dataset in place (`tmp_files`: relative path -> a finished
+    temporary file beside it) and rewrite the manifest, so that a kill at any instant leaves the old dataset
+    or the new one: the new manifest and the renames are first written to a journal (manifest.json.next, the
+    commit point), then carried out; a reader that finds the journal finishes them (`_roll_forward`)."""
+    root = Path(root)
+    for p in tmp_files.values():
+        with open(p, "rb+") as f:
+            os.fsync(f.fileno())
+    entries = {rel: file_entry(Path(p), rel) for rel, p in tmp_files.items()}
+    body = manifest_body(root, manifest, entries)
+    renames = {rel: Path(p).relative_to(root).as_posix() for rel, p in tmp_files.items()}
+    failpoint("replace")
+    write_json_atomic(root / JOURNAL, {"manifest": body, "renames": renames})
+    failpoint("journal")
+    _roll_forward(root)
+
+
+def _roll_forward(root: Path) -> None:
+    """Finish an interrupted `replace_files` (idempotent: renames already done are skipped)."""
+    journal = root / JOURNAL
+    try:
+        j = json.loads(journal.read_text())
+        for rel, tmp in j["renames"].items():
+            if (root / tmp).exists():
+                os.replace(root / tmp, root / rel)
+                failpoint("renamed")
+        write_json_atomic(root / MANIFEST, j["manifest"])
+        journal.unlink()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{journal}: an interrupted update of {root} could not be finished ({e}); "
+                        f"regenerate or re-import the dataset") from None
 
 
 def json_default(o: Any) -> Any:
@@ -201,18 +269,46 @@ def json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def prepare_dir(root: Path, overwrite: bool) -> Path:
-    """Create an empty dataset directory; an existing dataset is only replaced with `overwrite`."""
-    root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{root} exists and is not empty; pass --overwrite to replace it")
-        if (root / "manifest.json").exists() or any(p.name in {"behaviours", "samples"} for p in root.iterdir()):
-            shutil.rmtree(root)
-        else:
-            raise FileExistsError(f"{root} is not a twinv2 dataset; refusing to delete it")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+REDO = "regenerate or re-import the dataset (`twinv2 generate ... --overwrite` or `twinv2 import ... --overwrite`)"
+
+
+def _load_manifest(mf: Path) -> dict[str, Any]:
+    """The parsed manifest, its own checksum checked (manifests written since format version 2 carry one)."""
+    try:
+        m = json.loads(mf.read_text())
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{mf}: unreadable manifest ({str(e)[:120]}); the file is damaged; {REDO}") from None
+    if not isinstance(m, dict):
+        raise DataError(f"{mf}: not a twinv2 manifest (a JSON {type(m).__name__}); {REDO}")
+    if m.get("format") != FORMAT:
+        raise DataError(f"{mf}: format is {m.get('format')!r}, expected {FORMAT!r}")
+    checksummed = "files" in m or "manifest_sha256" in m or not isinstance(m.get("version"), int) or m["version"] >= 2
+    if checksummed and m.get("manifest_sha256") != manifest_sha256(m):
+        raise DataError(f"{mf}: checksum mismatch (manifest_sha256): the manifest was edited or damaged after it "
+                        f"was written; {REDO}")
+    if checksummed and not isinstance(m.get("files"), dict):
+        raise DataError(f"{mf}: no list of files; {REDO}")
+    n = m.get("n_shards")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DataError(f"{mf}: n_shards must be an integer >= 1, got {n!r}; {REDO}")
+    return m
+
+
+def _check_shards(root: Path, mf: Path, n_shards: int, files: dict[str, dict]) -> None:
+    """Every table's part files, listed and on disk, are exactly part-00000 .. part-{n_shards-1}: a manifest
+    whose n_shards disagrees with the files would silently drop (or invent) users."""
+    want = {part_name(s) for s in range(n_shards)}
+    for table in (BEHAVIOURS.name, SAMPLES.name):
+        d = root / table
+        listed = {rel.split("/", 1)[1] for rel in files if rel.startswith(table + "/")}
+        on_disk = {p.name for p in d.iterdir() if p.name.startswith("part-") and p.name.endswith(".parquet")} \
+            if d.is_dir() else set()
+        for where, names in ((mf, listed), (d, on_disk)):
+            if names and names != want:  # no part files at all: a table this dataset does not have
+                extra, missing = sorted(names - want), sorted(want - names)
+                what = "; ".join(([f"{table} parts beyond it: {', '.join(extra)}"] if extra else [])
+                                 + ([f"{table} parts missing: {', '.join(missing)}"] if missing else []))
+                raise DataError(f"{where}: n_shards is {n_shards} but {what}; {REDO}")
 
 
 class Dataset:
@@ -220,14 +316,19 @@ class Dataset:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        mf = self.root / "manifest.json"
+        mf = self.root / MANIFEST
+        if (self.root / JOURNAL).is_file():
+            _roll_forward(self.root)  # an update was interrupted after its commit point: finish it
         if not mf.is_file():
             raise DataError(f"{self.root}: not a complete twinv2 dataset (no manifest.json); "
                             f"create one with `twinv2 generate` or `twinv2 import`")
-        self.manifest: dict[str, Any] = json.loads(mf.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise DataError(f"{mf}: format is {self.manifest.get('format')!r}, expected {FORMAT!r}")
-        self.n_shards: int = int(self.manifest["n_shards"])
+        self.manifest: dict[str, Any] = _load_manifest(mf)
+        self.n_shards: int = self.manifest["n_shards"]
+        self.files: dict[str, dict] = self.manifest.get("files") or {}
+        _check_shards(self.root, mf, self.n_shards, self.files)
+        if self.files:
+            verify_files({rel: self.root / rel for rel in self.files}, self.files, VerifiedMarker(self.root / MARKER),
+                         mf, fix=REDO)
         self._csr: dict[int, Any] = {}
 
     def __repr__(self) -> str:
@@ -277,7 +378,9 @@ class Dataset:
         from twinv2.data.csr import BehaviourCSR
 
         if shard not in self._csr:
-            self._csr[shard] = BehaviourCSR.open(self.shard_path(BEHAVIOURS.name, shard))
+            entry = self.files.get(f"{BEHAVIOURS.name}/{part_name(shard)}") or {}
+            self._csr[shard] = BehaviourCSR.open(self.shard_path(BEHAVIOURS.name, shard),
+                                                 source_sha256=entry.get("sha256"))
         return self._csr[shard]
 
     def history_lengths(self, users: np.ndarray, before_ts) -> np.ndarray:

@@ -13,7 +13,6 @@ the manifest, so a truncated, corrupt or half-written part is found and redone o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from twinv2.data.checksum import sha256_file, sha256_tree  # noqa: F401 - the project's one hash, re-exported
 from twinv2.data.storage import part_name, shard_of, write_json_atomic
 from twinv2.schema import CLUSTER_COLUMNS, CLUSTER_ROW_BYTES, DataError
 
@@ -33,29 +33,6 @@ MANIFEST = "manifest.json"
 COLUMNS = CLUSTER_COLUMNS  # the snapshot's row layout, declared with the other tables in schema.py
 SCHEMA = pa.schema([pa.field(k, pa.from_numpy_dtype(np.dtype(v))) for k, v in COLUMNS.items()])
 ROW_BYTES = CLUSTER_ROW_BYTES
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
-
-
-def sha256_tree(path: str | Path) -> str:
-    """Content hash of a file, or of every file under a directory (relative names included)."""
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"not found: {path}")
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(p.relative_to(path).as_posix().encode() + b"\0" + sha256_file(p).encode())
-    return h.hexdigest()
 
 
 def empty_columns() -> dict[str, np.ndarray]:

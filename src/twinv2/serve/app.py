@@ -6,9 +6,12 @@ returns ``{"scores": [float, ...], "model_version", "snapshot_version", "cluster
 integers; `ts` defaults to the server's clock.
 
 Bad input never reaches the scorer and never causes a 5xx: a body over `max_body_bytes` (1 MB) gets 413, a
-body that is not JSON 400, a wrong shape or type, an unknown field, more than `max_candidates` (2,000) or an
-impossible `ts` 422, each with a message naming what is wrong. 503 means no model or snapshot is loaded yet.
+body not complete within `read_timeout_s` (30 s) 408, a body that is not JSON 400, a wrong shape or type, an
+unknown field, more than `max_candidates` (2,000) or an impossible `ts` 422, each with a message naming what is
+wrong. 503 means no model or snapshot is loaded yet.
 An unknown user is scored with an empty life cycle and an unknown item with the fallback embedding (scorer.py).
+A client that disconnects before its body is read is counted as an abort (status label 499, kind "aborted"),
+neither a server error nor a traceback.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import FastAPI, Request
+from starlette.requests import ClientDisconnect
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from twinv2.schema import MAX_TS_MS, MIN_TS_MS
-from twinv2.serve.metrics import Metrics
+from twinv2.serve.metrics import ABORTED, Metrics
 from twinv2.serve.projections import ModelNotReady
 from twinv2.serve.scorer import Scorer
 from twinv2.serve.store import StoreNotReady
@@ -40,12 +44,18 @@ class Limits:
     max_candidates: int = 2000  # candidates per request
     max_body_bytes: int = 1_000_000  # request body (1 MB)
     concurrency: int = 1  # requests scored at once; each uses torch's intra-op threads already
+    # Seconds a client has to send a request's head, and again its whole body: a client that stalls (or trickles
+    # bytes) holds a connection slot, and enough of them lock everyone else out (issue 14). 408 for a body.
+    read_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("max_candidates", "max_body_bytes", "concurrency"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"Limits.{name} must be an integer >= 1, got {v!r}")
+        v = self.read_timeout_s
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 3600:
+            raise ValueError(f"Limits.read_timeout_s must be a number of seconds in (0, 3600], got {v!r}")
 
 
 class ScoreRequest(BaseModel):
@@ -57,26 +67,39 @@ class ScoreRequest(BaseModel):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, details: list[str] | None = None) -> None:
+    def __init__(self, status: int, message: str, details: list[str] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.details = status, message, details
+        self.status, self.message, self.details, self.headers = status, message, details, headers
 
 
-def _json(status: int, body: dict[str, Any]) -> Response:
-    return Response(json.dumps(body), status_code=status, media_type="application/json")
+class ClientAborted(Exception):
+    """The client closed the connection before its request was read: nobody to answer, nothing went wrong here."""
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) one over `limit` bytes without reading past the limit."""
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+async def read_body(request: Request, limit: int, timeout_s: float = Limits.read_timeout_s) -> bytes:
+    """The body, refusing (413) one over `limit` bytes without reading past the limit, and (408, closing the
+    connection) one not complete within `timeout_s`. A client that disconnects first raises ClientAborted."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body is {int(declared)} bytes; the limit is {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        with anyio.fail_after(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"request body not complete after {timeout_s:g} s ({size} bytes received)",
+                       headers={"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise ClientAborted() from None
     return b"".join(chunks)
 
 
@@ -136,7 +159,11 @@ def create_app(scorer: Scorer, limits: Limits = Limits(), metrics: Metrics | Non
         body: dict[str, Any] = {"error": e.message}
         if e.details:
             body["details"] = e.details
-        return _json(e.status, body)
+        return _json(e.status, body, e.headers)
+
+    @app.exception_handler(ClientAborted)
+    async def client_aborted(_request: Request, _e: ClientAborted) -> Response:  # no traceback: not a fault here
+        return Response(status_code=ABORTED)  # never sent: the client is gone
 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, e: Exception) -> Response:  # a bug, never bad input
@@ -146,7 +173,7 @@ def create_app(scorer: Scorer, limits: Limits = Limits(), metrics: Metrics | Non
     @app.post("/v1/score")
     async def score(request: Request) -> Response:
         t0 = time.perf_counter()
-        req = parse_request(await read_body(request, limits.max_body_bytes), limits)
+        req = parse_request(await read_body(request, limits.max_body_bytes, limits.read_timeout_s), limits)
 
         def run():
             try:

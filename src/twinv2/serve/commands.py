@@ -41,7 +41,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         raise ValueError(f"--poll-s must be > 0, got {a.poll_s}")
     if not 0 <= a.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {a.port}")
-    limits = Limits(max_candidates=a.max_candidates, max_body_bytes=a.max_body_bytes, concurrency=a.concurrency)
+    limits = Limits(max_candidates=a.max_candidates, max_body_bytes=a.max_body_bytes, concurrency=a.concurrency,
+                    read_timeout_s=a.read_timeout_s)
     store = ClusterStore(a.store)
     if a.snapshot:
         version = store.load_snapshot(a.snapshot, progress=not a.quiet)
@@ -56,7 +57,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     print(f"model {cache.current.version} from {cache.current.path}; watching {a.checkpoint} every {a.poll_s} s")
     app = create_app(Scorer(cache, store), limits)
     try:
-        serve_forever(app, a.host, a.port, port_file=a.port_file, log_level=a.log_level)
+        serve_forever(app, a.host, a.port, port_file=a.port_file, log_level=a.log_level,
+                      read_timeout_s=limits.read_timeout_s)
     finally:
         cache.stop()
     return 0
@@ -99,6 +101,8 @@ def register(sub: Any) -> None:
     s.add_argument("--poll-s", type=float, default=2.0, help="seconds between checks for a newer checkpoint")
     s.add_argument("--max-candidates", type=int, default=2000)
     s.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    s.add_argument("--read-timeout-s", type=float, default=30.0,
+                   help="seconds a client may take to send a request's head, and again its body (408); default 30")
     s.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_serve)

@@ -9,7 +9,6 @@ reason each, never dropped silently.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from twinv2.data.storage import Dataset, part_name, shard_of, write_manifest
+from twinv2.data.storage import Dataset, part_name, replace_files, shard_of
 from twinv2.schema import BEHAVIOURS, SAMPLES, TableSpec, validate
 
 SUFFIXES = (".parquet", ".csv")
@@ -56,7 +55,8 @@ def append_behaviours(root: str | Path, rows: pd.DataFrame) -> dict[str, int]:
     if len(rows) == 0:
         return {"appended": 0, "duplicates": 0, "shards": 0}
     shards = shard_of(rows["user_id"].to_numpy(), ds.n_shards)
-    appended = dups = touched = 0
+    appended = dups = 0
+    pending: dict[str, Path] = {}  # shard file -> its finished replacement
     for s in np.unique(shards):
         path = ds.shard_path(BEHAVIOURS.name, int(s))
         old = pq.read_table(path)
@@ -79,17 +79,18 @@ def append_behaviours(root: str | Path, rows: pd.DataFrame) -> dict[str, int]:
         table = pa.Table.from_pandas(merged, schema=old.schema, preserve_index=False)
         tmp = path.with_name(path.name + ".tmp")
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
+        pending[f"{BEHAVIOURS.name}/{path.name}"] = tmp
         appended += len(new)
-        touched += 1
     if appended:
         manifest = {k: v for k, v in ds.manifest.items() if k not in ("format", "version")}
         counts = dict(manifest.get("counts", {}))
         if "behaviours" in counts:
             counts["behaviours"] = int(counts["behaviours"]) + appended
         manifest["counts"] = counts
-        write_manifest(ds.root, manifest)
-    return {"appended": appended, "duplicates": dups, "shards": touched}
+        # The shards and the manifest (their checksums, the counts) change together: a kill at any instant
+        # leaves the old dataset or the new one, never new shards under the old checksums.
+        replace_files(ds.root, pending, manifest)
+    return {"appended": appended, "duplicates": dups, "shards": len(pending)}
 
 
 __all__ = ["append_behaviours", "inbox_files", "part_name", "read_table"]

@@ -19,6 +19,14 @@ def _labels(labels: dict[str, str]) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in zip(labels, esc)) + "}"
 
 
+ABORTED = 499  # nginx's "client closed request"
+
+
+def error_kind(status: int) -> str:
+    """client (4xx), server (5xx), or aborted (499: the client went away; no response was sent)."""
+    return "aborted" if status == ABORTED else "server" if status >= 500 else "client"
+
+
 class Metrics:
     """The service's metrics. `render()` returns the /metrics body; `info()` is called at render time and
     returns extra samples as (name, type, labels, value): model and snapshot versions, reload counts."""
@@ -26,8 +34,9 @@ class Metrics:
     def __init__(self, info: Callable[[], list[tuple[str, str, dict[str, str], float]]] | None = None) -> None:
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, str, int], int] = {}  # (method, path, status) -> count
-        self.errors: dict[tuple[str, str], int] = {}  # (path, kind) -> count; kind = client | server
-        self.counters: dict[str, int] = {"candidates": 0, "unknown_users": 0, "unknown_items": 0}
+        self.errors: dict[tuple[str, str], int] = {}  # (path, kind) -> count; kind = client | server | aborted
+        self.counters: dict[str, int] = {"candidates": 0, "unknown_users": 0, "unknown_items": 0,
+                                         "header_timeouts": 0}
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.latency_count = 0
@@ -38,7 +47,7 @@ class Metrics:
             key = (method, path, status)
             self.requests[key] = self.requests.get(key, 0) + 1
             if status >= 400:
-                kind = (path, "server" if status >= 500 else "client")
+                kind = (path, error_kind(status))
                 self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def observe(self, seconds: float) -> None:
@@ -62,9 +71,10 @@ class Metrics:
                "# TYPE twinv2_requests_total counter"]
         for (m, p, s), v in sorted(requests.items()):
             out.append(f"twinv2_requests_total{_labels({'method': m, 'path': p, 'status': str(s)})} {v}")
-        out += ["# HELP twinv2_request_errors_total Responses with status >= 400 (client: 4xx, server: 5xx).",
+        out += ["# HELP twinv2_request_errors_total Responses with status >= 400 (client: 4xx, server: 5xx, "
+                "aborted: the client disconnected before its request was read, status 499).",
                 "# TYPE twinv2_request_errors_total counter"]
-        for kind in ("client", "server"):  # always present, so a dashboard can alert on server errors > 0
+        for kind in ("client", "server", "aborted"):  # always present, so a dashboard can alert on server errors > 0
             paths = sorted({p for p, k in errors if k == kind}) or ["/v1/score"]
             for p in paths:
                 out.append(f"twinv2_request_errors_total{_labels({'path': p, 'kind': kind})} "

@@ -4,6 +4,7 @@ race."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -31,17 +32,70 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server(app: Any, log_level: str):
+def head_timeout_protocol(read_timeout_s: float, on_timeout: Callable[[], None] | None = None) -> type:
+    """uvicorn's h11 protocol with a deadline for each request's head (request line and headers): a connection
+    that has not sent a whole head `read_timeout_s` after it opened (or after its previous response) is closed.
+    uvicorn only times out idle keep-alive connections, and any byte cancels that, so a client trickling a
+    head would hold its connection slot forever. (The body has its own deadline in the app: a 408.)"""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimeoutH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+        _bytes_since_arm = False
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            self._bytes_since_arm = True
+            super().data_received(data)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._bytes_since_arm = False
+            self._head_timer = self.loop.call_later(read_timeout_s, self._expired)
+
+        def _expired(self) -> None:
+            self._head_timer = None
+            between = self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
+            # A kept-alive connection that has sent nothing since its last answer is uvicorn's keep-alive
+            # timer's to close; a new connection, or a head begun and not finished, is ours.
+            if between and (self.cycle is None or self._bytes_since_arm) and not self.transport.is_closing():
+                if on_timeout is not None:
+                    on_timeout()
+                self.transport.close()
+
+    return HeadTimeoutH11Protocol
+
+
+def _server(app: Any, log_level: str, read_timeout_s: float | None = None):
     import uvicorn
 
+    metrics = getattr(app, "metrics", None)
+    limits = getattr(getattr(getattr(app, "app", None), "state", None), "limits", None)  # create_app's wrapper
+    timeout = read_timeout_s or getattr(limits, "read_timeout_s", None) or 30.0
+    http = head_timeout_protocol(timeout, (lambda: metrics.count("header_timeouts")) if metrics else None)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
-                            limit_concurrency=512, backlog=512)
+                            limit_concurrency=512, backlog=512, http=http)
     return uvicorn.Server(config)
 
 
 def serve_forever(app: Any, host: str = "127.0.0.1", port: int = 8000, port_file: str | Path | None = None,
-                  log_level: str = "warning") -> None:
-    """Serve until SIGINT/SIGTERM. `port_file` receives the bound port (useful with port 0) once listening."""
+                  log_level: str = "warning", read_timeout_s: float | None = None) -> None:
+    """Serve until SIGINT/SIGTERM. `port_file` receives the bound port (useful with port 0) once listening;
+    `read_timeout_s` (default 30) bounds the time a client may take to send a request's head."""
     if hasattr(signal, "SIGPIPE"):
         # The CLI restores SIGPIPE's default (terminate) so `twinv2 stats | head` ends quietly; a server must
         # not inherit it: one client closing its socket before the answer would kill the process (issue 14).
@@ -49,7 +103,7 @@ def serve_forever(app: Any, host: str = "127.0.0.1", port: int = 8000, port_file
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     sock = bind(host, port)
     bound = sock.getsockname()[1]
-    server = _server(app, log_level)
+    server = _server(app, log_level, read_timeout_s)
     if port_file is not None:
         def announce() -> None:  # after uvicorn is accepting, so a reader of the file can connect at once
             while not server.started and not server.should_exit:
@@ -67,10 +121,11 @@ def serve_forever(app: Any, host: str = "127.0.0.1", port: int = 8000, port_file
 class BackgroundServer:
     """The app served from a thread of this process on 127.0.0.1 and a free port (tests)."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", log_level: str = "warning") -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", log_level: str = "warning",
+                 read_timeout_s: float | None = None) -> None:
         self.sock = bind(host, 0)
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-        self.server = _server(app, log_level)
+        self.server = _server(app, log_level, read_timeout_s)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> BackgroundServer:

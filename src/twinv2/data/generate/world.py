@@ -8,6 +8,7 @@ the config alone, never on the number of workers. Memory is bounded by one user 
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import dataclasses
 import json
@@ -15,6 +16,7 @@ import multiprocessing as mp
 import os
 import queue
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,8 +33,9 @@ from twinv2.data.generate.items import ItemWorld, build_items, user_rng
 from twinv2.data.generate.streams import TERMS, Calibration, UserDraw, finish_user, simulate_user
 from twinv2.data.generate.users import user_table
 from twinv2.data.premise import write_premise
-from twinv2.data.storage import (ShardedWriter, eval_days, part_name, prepare_dir, shard_of, warmup_days,
-                                 write_manifest, write_table)
+from twinv2.data.dirs import failpoint, staged_dir
+from twinv2.data.storage import (ShardedWriter, eval_days, part_name, shard_of, warmup_days, write_manifest,
+                                 write_table)
 from twinv2.schema import BEHAVIOURS, SAMPLES
 
 FLUSH_ROWS = 1 << 20  # behaviour rows buffered per shard before a Parquet write (~40 MB)
@@ -196,6 +199,7 @@ def run_shard(job: ShardJob, world: ItemWorld | None = None,
             report(done)
             done = 0
     flush()
+    failpoint("shard")
     bw.close(shards=[job.shard])
     sw.close(shards=[job.shard])
     iw.close()
@@ -217,22 +221,32 @@ def _n_workers(workers: int | None, n_shards: int) -> int:
 def _run_pool(jobs: list[ShardJob], n_workers: int, bar: tqdm) -> list[tuple[int, int, int]]:
     # spawn, not fork: the parent has already started pyarrow's threads, and forking a threaded process
     # can deadlock. Workers reload the items from disk (the latent vectors memory-mapped, shared).
+    # A process pool that notices a dead worker: multiprocessing.Pool would wait forever for the lost shard of
+    # a worker killed (say, by the OOM killer); here the run stops with an error and its folder is removed.
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    with ctx.Pool(n_workers, initializer=_init_worker, initargs=(q,)) as pool:
-        res = pool.map_async(run_shard, jobs, chunksize=1)
-        while not res.ready():
-            try:
-                bar.update(q.get(timeout=0.2))
-            except queue.Empty:
-                pass
-        out = res.get()
+
+    def drain(wait_s: float) -> None:
         while True:
             try:
-                bar.update(q.get(timeout=0.05))
+                bar.update(q.get(timeout=wait_s))
             except queue.Empty:
-                break
-    return out
+                return
+
+    with cf.ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker, initargs=(q,)) as pool:
+        futures = [pool.submit(run_shard, j) for j in jobs]  # in order: biggest shards first
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = cf.wait(pending, timeout=0.2)
+                drain(0.0)
+                for f in done:
+                    f.result()  # a worker's exception, or BrokenProcessPool if one died
+        except BrokenProcessPool:
+            raise RuntimeError("a `generate` worker process died (killed, or out of memory?); nothing was "
+                               "written to the output folder; run the command again") from None
+        drain(0.05)
+    return [f.result() for f in futures]
 
 
 def generate_world(cfg: WorldConfig, out: str | Path, overwrite: bool = False, workers: int | None = None,
@@ -246,17 +260,21 @@ def generate_world(cfg: WorldConfig, out: str | Path, overwrite: bool = False, w
     if not isinstance(cfg, WorldConfig):
         raise TypeError(f"cfg must be a WorldConfig, got {type(cfg).__name__}")
     n_workers = _n_workers(workers, cfg.n_shards)
-    root = prepare_dir(Path(out), overwrite)
-    with _one_blas_thread():  # the parent's own work (items, pilot, or every shard with one worker)
-        return _generate(cfg, root, n_workers, progress)
+    # Written into a temporary sibling and renamed into place once complete (premise included), so a kill at
+    # any instant leaves no dataset or a whole one, and a rerun starts afresh (issue 14).
+    with staged_dir(Path(out), overwrite) as tmp, _one_blas_thread():  # the parent's own work
+        _generate(cfg, tmp, n_workers, progress)
+    return Path(out)
 
 
 def _generate(cfg: WorldConfig, root: Path, n_workers: int, progress: bool) -> Path:
     """The body of generate_world, in an empty dataset directory."""
     world = build_items(cfg)
     world.save(root)
+    failpoint("items")
     users = user_table(cfg)
     write_table(root / "users.parquet", users.frame())
+    failpoint("users")
     cal = calibrate(cfg, world, users.thresholds)
     shard = shard_of(users.user_id, cfg.n_shards)
     jobs = []
@@ -272,6 +290,7 @@ def _generate(cfg: WorldConfig, root: Path, n_workers: int, progress: bool) -> P
         else:
             del world  # workers load their own copy (vectors memory-mapped); free the parent's
             results = _run_pool(jobs, n_workers, bar)
+    failpoint("shards")
     n_beh = sum(r[1] for r in results)
     n_smp = sum(r[2] for r in results)
     assert n_beh == int(users.length.sum()), "every user gets exactly its life length of behaviours"
@@ -292,6 +311,7 @@ def _generate(cfg: WorldConfig, root: Path, n_workers: int, progress: bool) -> P
         "seed": cfg.seed,
         "calibration": {"bias": cal.bias, "affinity_mean": cal.affinity_mean, "affinity_std": cal.affinity_std},
     })
+    failpoint("manifest")
     # The premise (share of test samples with evidence only beyond the latest 10,000 behaviours, and the
     # oracle's ceiling for a life-cycle gain), measured from the truth; a sidecar like embeddings/ and clusters/.
     write_premise(root)

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from twinv2.data.storage import DAY_MS, EvalDay, ShardedWriter, prepare_dir, write_manifest, write_table
+from twinv2.data.dirs import staged_dir
+from twinv2.data.storage import DAY_MS, EvalDay, ShardedWriter, write_manifest, write_table
 from twinv2.schema import (BEHAVIOURS, ITEMS, SAMPLES, UNKNOWN_ID, Column, DataError,
                            MAX_TS_MS, MIN_TS_MS, validate)
 
@@ -331,18 +332,19 @@ def build_dataset(out: str | Path, *, name: str, source: str, parts: list[LogPar
         manifest["user_features_match"] = {"users": len(users), "matched": int(has.sum()),
                                            "user_match_rate": float(has.mean()) if len(users) else 0.0}
 
-    root = prepare_dir(Path(out), overwrite)
-    for table, spec, frame, extras in ((BEHAVIOURS.name, BEHAVIOURS, beh, cross_features),
-                                       (SAMPLES.name, SAMPLES, smp, sample_features)):
-        w = ShardedWriter(root, spec, n_shards, extras={c: "float32" for c in extras})
-        w.append_frame(frame)
-        w.close()
-    write_table(root / "items.parquet", items)
-    if users is not None:
-        write_table(root / "users.parquet", users)
-    allq = pd.concat([quarantine, *(side_quarantine or [])], ignore_index=True)
-    if len(allq) == 0:
-        allq = pd.DataFrame(columns=["source", "row", "reason"])
-    allq.to_csv(root / "quarantine.csv", index=False)
-    write_manifest(root, manifest)
-    return root
+    # Into a temporary sibling, renamed into place once complete: a kill leaves no dataset or a whole one.
+    with staged_dir(Path(out), overwrite) as root:
+        for table, spec, frame, extras in ((BEHAVIOURS.name, BEHAVIOURS, beh, cross_features),
+                                           (SAMPLES.name, SAMPLES, smp, sample_features)):
+            w = ShardedWriter(root, spec, n_shards, extras={c: "float32" for c in extras})
+            w.append_frame(frame)
+            w.close()
+        write_table(root / "items.parquet", items)
+        if users is not None:
+            write_table(root / "users.parquet", users)
+        allq = pd.concat([quarantine, *(side_quarantine or [])], ignore_index=True)
+        if len(allq) == 0:
+            allq = pd.DataFrame(columns=["source", "row", "reason"])
+        allq.to_csv(root / "quarantine.csv", index=False)
+        write_manifest(root, manifest)
+    return Path(out)
