@@ -11,7 +11,8 @@
 
    Then the k positions with the largest (score, position) keys, in descending key order: exactly
    search.topk_exact's choice and order (ties go to the later position, padding only after every valid one),
-   by a quickselect on the keys and a sort of the k kept. Keys are distinct, so the result is unique. */
+   by a min-heap of the k largest keys kept while the scores are computed, then a sort of the k. Keys are
+   distinct, so the result is unique. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -26,24 +27,24 @@ static inline int64_t order_key(float s, int64_t l, int64_t L) {
     return (int64_t)bits * L + l;
 }
 
-static void select_top(int64_t *key, int64_t n, int64_t k) { /* key[0:k] = the k largest, any order */
-    int64_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        int64_t a = key[lo], b = key[(lo + hi) / 2], c = key[hi];
-        int64_t pivot = (a < b) ? ((b < c) ? b : (a < c ? c : a)) : ((a < c) ? a : (b < c ? c : b));
-        int64_t i = lo, j = hi;
-        while (i <= j) { /* descending partition */
-            while (key[i] > pivot) i++;
-            while (key[j] < pivot) j--;
-            if (i <= j) {
-                int64_t t = key[i]; key[i] = key[j]; key[j] = t;
-                i++; j--;
-            }
-        }
-        if (k - 1 <= j) hi = j;
-        else if (k - 1 >= i) lo = i;
-        else return;
+/* A min-heap of the k largest keys seen so far: heap[0] is the smallest kept, so a new key costs one compare
+   unless it beats it (~k ln(L/k) of the L keys do, in random order). */
+static void sift_down(int64_t *heap, int64_t n, int64_t i) {
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= n) return;
+        if (c + 1 < n && heap[c + 1] < heap[c]) c++;
+        if (heap[i] <= heap[c]) return;
+        int64_t t = heap[i]; heap[i] = heap[c]; heap[c] = t;
+        i = c;
     }
+}
+
+/* The score of a key (order_key's bit map is its own inverse). */
+static inline float key_score(int64_t key, int64_t L) {
+    int64_t q = key / L - (key % L < 0); /* floor division */
+    union { int32_t i; float f; } v = {(int32_t)q ^ ((((int32_t)q) >> 31) & 0x7FFFFFFF)};
+    return v.f;
 }
 
 static int descending(const void *a, const void *b) {
@@ -51,13 +52,14 @@ static int descending(const void *a, const void *b) {
     return (x < y) - (x > y);
 }
 
-/* scores_out (B, L) may be NULL; idx_out (B, k) may be NULL (k = 0). work: L int64 of scratch per call. */
+/* scores_out (B, L) may be NULL; idx_out (B, k) may be NULL (k = 0). work: k int64 + L floats of scratch. */
 void gsu_topk(int64_t b0, int64_t b1, int64_t L, int64_t D, const float *u, const float *table,
               const int32_t *rows, int64_t J, const int32_t *cross, const float *const *ctab,
               const float *log_n, const uint8_t *mask, int64_t k, float *scores_out, int64_t *idx_out,
               int64_t *work) {
     for (int64_t b = b0; b < b1; b++) {
         const float *ub = u + b * D;
+        float *row = scores_out ? scores_out + b * L : (float *)(work + k);  /* this sample's scores */
         for (int64_t l = 0; l < L; l++) {
             const int64_t p = b * L + l;
             if (l + AHEAD < L) {
@@ -75,12 +77,24 @@ void gsu_topk(int64_t b0, int64_t b1, int64_t L, int64_t D, const float *u, cons
                 for (int64_t j = 0; j < J; j++) s += ctab[j][cross[p * J + j]];
                 if (log_n) s += log_n[p];
             }
-            if (scores_out) scores_out[p] = s;
-            if (k) work[l] = order_key(s, l, L);
+            row[l] = s;
         }
         if (!k) continue;
-        select_top(work, L, k);
-        qsort(work, (size_t)k, sizeof(int64_t), descending);
+        /* A second pass over the cached scores: the first k fill the heap; after that a position can only enter
+           with a score >= the smallest kept one (ties go to the later position, and l only grows). */
+        for (int64_t l = 0; l < k; l++) work[l] = order_key(row[l], l, L);
+        for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(work, k, i);
+        float thr = key_score(work[0], L);
+        for (int64_t l = k; l < L; l++) {
+            if (!(row[l] >= thr) && !(thr != thr)) continue; /* thr NaN: never (no NaN scores in practice) */
+            int64_t key = order_key(row[l], l, L);
+            if (key > work[0]) {
+                work[0] = key;
+                sift_down(work, k, 0);
+                thr = key_score(work[0], L);
+            }
+        }
+        qsort(work, (size_t)k, sizeof(int64_t), descending);  /* k <= L: the heap is full */
         for (int64_t i = 0; i < k; i++) {
             int64_t r = work[i] % L;
             idx_out[b * k + i] = r < 0 ? r + L : r; /* C's % keeps the sign of a negative key */

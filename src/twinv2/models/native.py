@@ -112,7 +112,7 @@ def gsu_topk(u: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, cross: to
     idx = torch.empty(B, k, dtype=torch.int64) if k else None
     ctab_p = (ctypes.c_void_p * max(J, 1))(*[t.data_ptr() for t in ctabs])
     n = max(1, min(torch.get_num_threads(), B))
-    work = torch.empty(n, L if k else 1, dtype=torch.int64)  # per-thread keys of one sample
+    work = torch.empty(n, k + (L + 1) // 2, dtype=torch.int64)  # per thread: a heap of k keys, L float scores
 
     def run(t: int, b0: int, b1: int) -> None:
         _lib.gsu_topk(b0, b1, L, D, u_.data_ptr(), table_.data_ptr(), rows_.data_ptr(), J,
