@@ -128,26 +128,23 @@ class Batcher:
         mask = np.zeros((B, L), bool)
         cross = np.zeros((B, L, len(specs)), np.int32)
         log_n = np.zeros((B, L), np.float32) if clusters else None
-        ages = {j: np.full((B, L), np.nan) for j, spec in enumerate(specs) if spec.since_sample}  # sources
         for b, col, start, end in parts:
-            for i, s, e in zip(b.tolist(), start.tolist(), end.tolist()):
+            for i, s, e, t in zip(b.tolist(), start.tolist(), end.tolist(), ts[b].tolist()):
                 n = min(e - s, L)
                 # The last n elements: a contiguous slice (raw behaviours are in time order), except a user
                 # with more than L clusters, who keeps the L with the latest mean time (stored by group).
                 at = s + latest_by_time(col.ts[s:e], L) if clusters and e - s > L else slice(e - n, e)
                 rows[i, L - n:] = col.rows[at]
                 mask[i, L - n:] = True
-                for j in range(len(specs)):
-                    (ages[j][i] if j in ages else cross[i, :, j])[L - n:] = col.cross[j][at]
+                for j, spec in enumerate(specs):  # an age is bucketed per sample: its slice stays in cache
+                    cross[i, L - n:, j] = spec.bucket(t - col.cross[j][at]) if spec.since_sample else col.cross[j][at]
                 if log_n is not None:
                     log_n[i, L - n:] = col.log_n[at]
-        for j, src in ages.items():  # a since_sample source's padding (NaN) -> bucket 0
-            cross[:, :, j] = specs[j].bucket(ts[:, None] - src)
         return Batch(
             target=torch.from_numpy(self.vocab.rows(item_id)),
             seq=Seq(rows=torch.from_numpy(rows), cross=torch.from_numpy(cross), mask=torch.from_numpy(mask),
                     log_n=None if log_n is None else torch.from_numpy(log_n)),
-            label=torch.from_numpy(np.asarray(label, dtype=np.float32)),
+            label=torch.from_numpy(np.array(label, dtype=np.float32)),  # a copy: torch wants writable arrays
             user_id=torch.from_numpy(user_id),
             ts=torch.from_numpy(ts),
             user=torch.from_numpy(self.users.lookup(user_id)) if self.features.user else None,
