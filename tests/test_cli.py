@@ -136,3 +136,61 @@ def test_user_error_is_one_line_and_exit_2(tmp_path, capsys):
 def test_console_script_help():
     r = subprocess.run([sys.executable, "-m", "twinv2.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "generate" in r.stdout and "cluster" in r.stdout
+
+
+def test_train_list_names_every_model(capsys):
+    from twinv2.models.names import MODELS
+
+    assert main(["train", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()] == list(MODELS)
+    assert "--list" in build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert main(["train"]) == 2 and "needs a DATASET" in capsys.readouterr().err
+
+
+def test_embed_has_quiet():
+    assert build_parser().parse_args(["embed", "d", "--quiet"]).quiet is True
+
+
+def _fake_train(monkeypatch, seen):
+    import twinv2.train.run as run
+
+    def fake(ds, cfg, out, **kw):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(f'{{"model": "{cfg.model}"}}')
+        seen.append(cfg.model)
+        nan = float("nan")
+        return {"auc_mean": 1.0, "auc_std": 0.0, "gauc_mean": nan, "gauc_std": nan, "auc_n_days": 1, "n_days": 5,
+                "n_usable_days": 1, "min_test_samples": 100, "pooled_auc": 0.61, "n_test_total": 250}
+
+    monkeypatch.setattr(run, "train_one", fake)
+
+
+def test_train_out_refuses_another_models_run_or_a_dataset(tiny_world, tmp_path, capsys, monkeypatch):
+    """#14 item 11: --out silently overwrote another model's run or wrote into a dataset folder."""
+    seen: list[str] = []
+    _fake_train(monkeypatch, seen)
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_world), "--model", "din", "--out", str(run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    # the CLI line says over how many days the mean is and gives the pooled AUC (4 of 5 days NaN here)
+    assert "AUC 1.0000 ± 0.0000" in out and "over 1 of 5 days (4 days unusable" in out and "pooled AUC 0.6100" in out
+    assert main(["train", str(tiny_world), "--model", "din", "--out", str(run), "--device", "cpu"]) == 0  # rerun
+    (run / "predictions-day0.parquet").write_text("old")
+    assert main(["train", str(tiny_world), "--model", "twin", "--out", str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(run) in err and "model 'din'" in err and "--overwrite" in err
+    assert main(["train", str(tiny_world), "--model", "twin", "--out", str(run), "--overwrite"]) == 0
+    assert not (run / "predictions-day0.parquet").exists() and seen == ["din", "din", "twin"]
+    assert main(["train", str(tiny_world), "--model", "din", "--out", str(tiny_world)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dataset folder" in err and "twinv2-dataset" in err and str(tiny_world) in err
+    assert seen == ["din", "din", "twin"]
+
+
+def test_experiment_with_a_missing_dataset_is_one_line_and_writes_nothing(tmp_path, capsys):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(f"dataset: {tmp_path / 'nope'}\n")
+    assert main(["experiment", "--config", str(cfg), "--out", str(tmp_path / "exp"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`dataset: " in err and "nope" in err and not (tmp_path / "exp").exists()

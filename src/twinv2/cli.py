@@ -107,7 +107,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
     from twinv2.offline.embed import EmbedConfig, embed
 
     cfg = _config(EmbedConfig, a.config, a.set)
-    embed(a.dataset, a.out, cfg, embeddings_file=a.embeddings)  # prints where it wrote, with counts
+    embed(a.dataset, a.out, cfg, embeddings_file=a.embeddings, progress=not a.quiet)  # prints where it wrote
     return 0
 
 
@@ -128,13 +128,23 @@ def cmd_cluster(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    if a.list:
+        from twinv2.models.names import DISPLAY, MODELS
+
+        for m in MODELS:
+            print(f"{m:<18}{DISPLAY.get(m, m)}")
+        return 0
+    if not a.dataset:
+        raise ValueError("`twinv2 train` needs a DATASET folder (or --list to list the models)")
     from twinv2.data.storage import Dataset
+    from twinv2.train.metrics import summary_line
     from twinv2.train.run import train_one
     from twinv2.train.trainer import TrainConfig
 
     cfg = _config(TrainConfig, a.config, a.set, model=a.model, device=a.device)
     ds = Dataset(a.dataset)
     out = Path(a.out or f"runs/{ds.root.name}-{cfg.model}")
+    _check_run_folder(out, cfg.model, a.overwrite)
     kw = dict(snapshots=a.snapshot or None, embeddings=a.embeddings, progress=not a.quiet)
     if a.nproc != 1:  # data-parallel: N local processes, one gloo group (train/distributed.py)
         from twinv2.train.distributed import launch
@@ -154,10 +164,63 @@ def cmd_train(a: argparse.Namespace) -> int:
             result = train_one(ds, cfg, out, **kw)
         if not ranks.is_main:
             return 0
-    print(f"AUC {result['auc_mean']:.4f} ± {result['auc_std']:.4f}   GAUC {result['gauc_mean']:.4f} ± "
-          f"{result['gauc_std']:.4f}")
+    print(summary_line(result))
     print(f"wrote checkpoint and metrics to {out}")
     return 0
+
+
+RUN_FILES = ("metrics.json", "checkpoint.pt")  # what a run folder holds besides predictions-day*.parquet
+
+
+def _check_run_folder(out: Path, model: str, overwrite: bool) -> None:
+    """Refuse (ValueError naming the folder and what is there) to train into a dataset folder or into another
+    model's run, unless `overwrite`; with it, the other model's run files go first, so none of them lingers
+    beside the new run. A rerun of the same model, or an empty or new folder, goes ahead."""
+    if not out.is_dir():
+        return
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        try:
+            fmt = json.loads(manifest.read_text()).get("format")
+        except (OSError, ValueError, AttributeError):
+            fmt = None
+        if isinstance(fmt, str) and fmt.startswith("twinv2-") and not overwrite:
+            raise ValueError(f"--out {out} is a twinv2 {fmt[len('twinv2-'):]} folder (manifest.json format "
+                             f"{fmt!r}); a run would write its checkpoint and predictions among the data: choose "
+                             f"another --out (or --overwrite to write there anyway)")
+        return
+    other = _run_model(out)
+    if other is None or other == model:
+        return
+    if not overwrite:
+        raise ValueError(f"--out {out} holds a run of model {other!r} (its metrics.json/checkpoint.pt), not "
+                         f"{model!r}: choose another --out, or --overwrite to replace that run")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun one rank clears the folder, not every one
+        for p in [*(out / n for n in RUN_FILES), *out.glob("predictions-day*.parquet")]:
+            p.unlink(missing_ok=True)
+
+
+def _run_model(out: Path) -> str | None:
+    """The model of the run in `out`, from its metrics.json or else its checkpoint (a run killed before its
+    last day has only the checkpoint); None when there is no run there."""
+    mj = out / "metrics.json"
+    if mj.is_file():
+        try:
+            m = json.loads(mj.read_text()).get("model")
+        except (OSError, ValueError, AttributeError):
+            m = None
+        if isinstance(m, str):
+            return m
+    ck = out / "checkpoint.pt"
+    if ck.is_file():
+        from twinv2.train.checkpoint import load_checkpoint
+
+        try:
+            m = load_checkpoint(ck).get("model")
+        except ValueError:  # unreadable, foreign or of another format: say so instead of guessing
+            return "unknown (unreadable checkpoint.pt)"
+        return m if isinstance(m, str) else "unknown"
+    return None
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -284,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", help="YAML of EmbedConfig fields")
     e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an EmbedConfig field "
                    "(on top of --config)")
+    e.add_argument("--quiet", action="store_true", help="no progress bars (the line naming the output stays)")
     e.set_defaults(func=cmd_embed)
 
     c = sub.add_parser("cluster", help="compress each user's life cycle into virtual items (Algorithm 1)")
@@ -333,12 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     bsv = bench_parser("serve", "online scoring latency and an HTTP load test")
 
     t = sub.add_parser("train", help="train and evaluate one model with the streaming five-day protocol")
-    t.add_argument("dataset")
-    t.add_argument("--model", help="a registered model name (default: twin_v2, or the --config file's)")
+    t.add_argument("dataset", nargs="?", help="dataset folder (twinv2 generate / import)")
+    t.add_argument("--list", action="store_true", help="list the registered models and exit")
+    t.add_argument("--model", help="a registered model name (default: twin_v2, or the --config file's; see "
+                                   "--list)")
     t.add_argument("--snapshot", action="append", default=[], help="cluster snapshot folder(s); default: all "
                    "complete snapshots under DATASET/clusters")
     t.add_argument("--embeddings", help="item embeddings for SIM Cluster(+) (default: DATASET/embeddings/...)")
-    t.add_argument("--out", help="run folder (default: runs/<dataset>-<model>)")
+    t.add_argument("--out", help="run folder (default: runs/<dataset>-<model>); a dataset folder or another "
+                                 "model's run there is refused")
+    t.add_argument("--overwrite", action="store_true", help="train into --out even if it holds another model's "
+                   "run (its files are removed first) or is a dataset folder")
     t.add_argument("--config", help="YAML of TrainConfig fields (model_cfg: {...} holds every model "
                                     "hyper-parameter)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -22,7 +22,37 @@ def test_presets_resolve(name):
     resolved = cfg.resolve()
     assert resolved["train"]["seed"] == cfg.seed
     assert set(cfg.models) == set(MODELS)
-    assert [w["far_past_signal"] for w in resolved["sweep_worlds"].values()] == list(cfg.sweep_values)
+    assert [w["far_past_signal"] for w in resolved["sweep_worlds"].values()] == list(cfg.sweep) == [0.0, 0.5, 1.0]
+    assert cfg.kuairand_layout == "27k" and resolved["experiment"]["kuairand"] == "27k"
+
+
+def test_own_data_needs_no_magic_values(tmp_path):
+    """With `dataset:` the sweep (a generator's knob) and the KuaiRand section are off unless asked for, and
+    experiment.json records what runs; a generated-world experiment keeps both."""
+    own = ExperimentConfig(dataset="/data/mine")
+    assert own.sweep == () and own.kuairand_layout == ""
+    assert own.resolve()["experiment"]["sweep_values"] == [] and "sweep_worlds" not in own.resolve()
+    plan = [name for name, _ in Experiment(own, tmp_path / "own")._plan()]
+    assert not [n for n in plan if "sweep" in n or "kuairand" in n] and "generate main" not in plan
+    assert ExperimentConfig(dataset="/data/mine", kuairand="1k").kuairand_layout == "1k"
+    for skip in ("none", ""):
+        assert ExperimentConfig(kuairand=skip).kuairand_layout == ""
+    gen = [name for name, _ in Experiment(ExperimentConfig(world_preset="tiny"), tmp_path / "gen")._plan()]
+    assert "generate sweep 0.5" in gen and "import kuairand" in gen
+    # a folder written when these were explicit values resumes under the new defaults
+    (tmp_path / "old").mkdir()
+    Experiment(ExperimentConfig(world_preset="tiny", sweep_values=(0.0, 0.5, 1.0), kuairand="27k"),
+               tmp_path / "old")._save()
+    Experiment(ExperimentConfig(world_preset="tiny"), tmp_path / "old")
+
+
+def test_example_configs_load():
+    from twinv2.experiment.config import load_experiment
+
+    cfg = load_experiment(str(REPO / "examples" / "own-data.yaml"))
+    assert cfg.dataset and cfg.sweep == () and cfg.kuairand_layout == ""
+    text = (REPO / "examples" / "kuairand27k.yaml").read_text()
+    assert "twinv2 import mapped --mapping" in text and "--kuairand" not in text
 
 
 @pytest.mark.parametrize("data, match", [
@@ -35,6 +65,8 @@ def test_presets_resolve(name):
     ({"kuairand": "40k"}, "40k"),
     ({"sweep_values": [-1.0]}, "-1.0"),
     ({"dataset": "/somewhere", "sweep_values": [0.0]}, "sweep_values"),
+    ({"kuairand": "skip"}, "skip"),
+    ({"cluster_cadence": "weekly"}, "weekly"),
 ])
 def test_bad_config_names_the_bad_value(data, match):
     with pytest.raises(ValueError, match=match):
@@ -117,3 +149,49 @@ def test_end_to_end_on_tiny(tmp_path, kuairand_dir):
     after = json.loads((exp / "experiment.json").read_text())["timings"]
     assert {k: v for k, v in after.items() if k != "report"} == \
         {k: v for k, v in record["timings"].items() if k != "report"}
+
+
+@pytest.mark.slow
+def test_dataset_experiment_from_an_empty_folder(tmp_path, tiny_world):
+    """`dataset:` (a world used in place) from an empty --out: EXP/main/ did not exist when stats.json was
+    written (issue 13); the report then finds the dataset (config.experiment.dataset) and computes Figure 5,
+    diversity and the snapshot cost from it."""
+    import shutil
+
+    data = tmp_path / "mine"
+    shutil.copytree(tiny_world, data, ignore=shutil.ignore_patterns("*.csr", "clusters", "embeddings"))
+    cfg = ExperimentConfig(name="byo", dataset=str(data), models=("din", "twin", "twin_v2"), seeds=1,
+                           ablation=False, cluster_bench_users=1, train={"max_train_per_day": 150},
+                           embed={"max_pairs": 50_000}, cluster={"workers": 1})
+    exp = tmp_path / "exp"
+    md = run_experiment(cfg, exp, progress=False).read_text()
+    assert (exp / "main" / "stats.json").is_file() and not (exp / "main" / "dataset").exists()
+    assert not (exp / "sweep").exists() and not (exp / "kuairand").exists()  # defaults with `dataset:`
+    tables = json.loads((exp / "report" / "tables.json").read_text())
+    main = tables["main"]
+    assert "rows" in main["history_groups"] and "rows" in main["diversity"], (main["history_groups"],
+                                                                               main["diversity"])
+    assert main["cost"]["snapshots"] and main["truth"] is True and main["table3"]["oracle"]
+    # cluster_cadence "daily" (the default): a snapshot before each evaluation day, each refreshed from the last
+    from twinv2.data.storage import Dataset
+
+    snaps = sorted(main["cost"]["snapshots"], key=lambda r: r["snapshot_ts"])
+    assert [r["snapshot_ts"] for r in snaps] == [d.start_ms for d in Dataset(data).eval_days]
+    assert snaps[0]["base_snapshot"] is None and all(r["base_snapshot"] for r in snaps[1:])
+    assert all(r["reused_users"] + r["clustered_users"] == r["users"] for r in snaps)
+    assert "Oracle (p_true)" in md
+    from twinv2.report import check_report
+
+    assert check_report(exp) == []
+
+
+def test_cluster_cadence_once_keeps_one_snapshot(tmp_path, tiny_world, tiny_snapshot):
+    import shutil
+
+    from twinv2.data.storage import Dataset
+
+    data = tmp_path / "mine"
+    shutil.copytree(tiny_world, data, ignore=shutil.ignore_patterns("*.csr", "clusters"))
+    cfg = ExperimentConfig(dataset=str(data), cluster_cadence="once", cluster={"workers": 1})
+    assert Experiment(cfg, tmp_path / "exp", progress=False)._cluster(data) is None
+    assert [p.name for p in (data / "clusters").iterdir()] == [f"before-{Dataset(data).eval_days[0].start_ms}"]

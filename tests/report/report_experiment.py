@@ -42,11 +42,13 @@ def write_predicted_run(run_dir: Path, model: str, ds: Dataset, noise: float, se
     for day in ds.eval_days[:n_days]:
         part = samples[(samples["ts"] >= day.start_ms) & (samples["ts"] < day.end_ms)]
         # Coarse scores (rounded) so that ties occur and the tie-breaking rule is exercised.
-        score = np.round(part["p_true"].to_numpy() + rng.normal(0, noise * (1 + 0.3 * day.index), len(part)), 2)
-        cols = ["user_id", "item_id", "ts", "label"] + (["p_true"] if keep_p_true else [])
+        # An imported log has no p_true: the labels, softened, stand in for it as the signal.
+        base = part["p_true"].to_numpy() if "p_true" in part else 0.25 + 0.5 * part["label"].to_numpy()
+        score = np.round(base + rng.normal(0, noise * (1 + 0.3 * day.index), len(part)), 2)
+        cols = ["user_id", "item_id", "ts", "label"] + (["p_true"] if keep_p_true and "p_true" in part else [])
         pred = part[cols].assign(score=score, day=day.index)
         if zero_shot_noise is not None:
-            pred["zero_shot"] = np.round(part["p_true"].to_numpy() + rng.normal(0, zero_shot_noise, len(part)), 2)
+            pred["zero_shot"] = np.round(base + rng.normal(0, zero_shot_noise, len(part)), 2)
         run_dir.mkdir(parents=True, exist_ok=True)
         pred.to_parquet(run_dir / f"predictions-day{day.index}.parquet", index=False)
         y, u = pred["label"].to_numpy(), pred["user_id"].to_numpy()
@@ -56,7 +58,7 @@ def write_predicted_run(run_dir: Path, model: str, ds: Dataset, noise: float, se
                "train_samples_per_s": 900.0 + 37 * (seed % 11) + 5 * day.index,
                "eval_samples_per_s": 4000.0 + 101 * (seed % 13) - 7 * day.index,
                "auc": auc(y, score), "gauc": g, "gauc_users": n_users}
-        if oracle:
+        if oracle and "p_true" in part:
             p = part["p_true"].to_numpy()
             row["oracle_auc"], row["oracle_gauc"] = auc(y, p), gauc(u, y, p)[0]
         if zero_shot_noise is not None:
@@ -204,3 +206,62 @@ def write_premise(dataset: Path, share: float, ceiling: float) -> dict:
 def predictions(run_dir: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in sorted(run_dir.glob("predictions-day*.parquet"))],
                      ignore_index=True)
+
+
+def imported_copy(world: Path, root: Path) -> Path:
+    """The generated `world` re-imported as a user's own log (`twinv2 import mapped`): no p_true, no premise, no
+    generator truth. One CSV row per impression: the behaviours before the first evaluation day (history only,
+    `hist` = 1) and the evaluation days' samples (`hist` = label: a clicked impression is watched, as in
+    KuaiRand), split by the mapping's last 5 days."""
+    import yaml
+
+    from twinv2.data.importers import import_mapped
+
+    ds = Dataset(world)
+    start = ds.eval_days[0].start_ms
+    beh = pd.concat([pd.read_parquet(p) for p in sorted((world / "behaviours").glob("part-*.parquet"))])
+    beh = beh[beh["ts"] < start].assign(label=1, hist=1)
+    s = ds.samples()
+    items = ds.items()
+    dur = items.set_index("item_id")["duration_ms"]
+    s = s.assign(play_ms=0, duration_ms=s["item_id"].map(dur).fillna(0).astype(np.int64), hist=s["label"])
+    cols = ["user_id", "item_id", "ts", "label", "play_ms", "duration_ms", "hist"]
+    src = root / "log"
+    src.mkdir(parents=True, exist_ok=True)
+    pd.concat([beh[cols], s[cols]]).sort_values(["user_id", "ts"]).to_csv(src / "log.csv", index=False)
+    items.to_csv(src / "items.csv", index=False)
+    mapping = {"name": "tiny-imported", "inputs": ["log.csv"],
+               "columns": {"user": "user_id", "item": "item_id", "time": "ts", "time_unit": "ms", "label": "label",
+                           "play": "play_ms", "duration": "duration_ms", "duration_unit": "ms"},
+               "cross_features": [], "sample_features": [],
+               "split": {"last_days": len(ds.eval_days), "day_offset_hours": 0, "history": "hist == 1"},
+               "items": {"path": "items.csv", "item": "item_id", "author": "author_id", "tag": "tag",
+                         "duration": "duration_ms", "duration_unit": "ms"}}
+    (src / "map.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
+    return Path(import_mapped(src / "map.yaml", root / "dataset", n_shards=ds.n_shards))
+
+
+def make_own_data_experiment(root: Path, dataset: Path) -> Path:
+    """An experiment folder as `twinv2 experiment` leaves it with `dataset:` (used in place, so no
+    EXP/main/dataset; experiment.json keeps the path at config.experiment.dataset): stats, a snapshot, every
+    model's predicted run (no p_true: no oracle), the ablations and a Table 4 on the data's own users."""
+    ds = Dataset(dataset)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "experiment.json").write_text(json.dumps({
+        "config": {"experiment": {"name": "own", "dataset": str(dataset)}}, "seed": 0,
+        "machine": {"platform": "Linux-test", "cpus": 2}, "timings": {"train": 10.0},
+        "started": "2024-01-01T00:00:00", "finished": "2024-01-01T00:01:00",
+        "sections": {"main": f"dataset {dataset}", "kuairand": "KuaiRand "}, "sweep": {"values": [], "models": []}}))
+    main = root / "main"
+    main.mkdir()
+    (main / "stats.json").write_text(json.dumps(compute_stats(ds)))
+    snapshot_manifest(dataset / "clusters" / f"before-{ds.eval_days[0].start_ms}", ds)
+    for i, m in enumerate(MODELS):
+        write_predicted_run(main / "runs" / m, m, ds, noise=0.30 - 0.025 * i, seed=100 + i, zero_shot_noise=0.32)
+    for j, v in enumerate(("no_ln_gsu", "no_ln_esu", "no_ln_both")):
+        write_predicted_run(main / "ablation" / v, "twin_v2", ds, noise=0.1 + 0.03 * j, seed=200 + j)
+    bench = cluster_bench()
+    bench["setup"].update(users=f"{dataset}: the 5 longest histories", T_min=900, T_max=2_500, T_median=1_200)
+    bench["targets"][0]["name"] = "adaptive median seconds per user <= 0.050 at T=14,500, one core"
+    (main / "cluster_bench.json").write_text(json.dumps(bench))
+    return root

@@ -131,3 +131,37 @@ def test_the_one_per_day_summary_leaves_out_nan_days():
     s = summarise(days)
     assert s["auc_mean"] == pytest.approx(0.65) and s["auc_std"] == pytest.approx(0.05)  # NaN day left out
     assert s["gauc_std"] == pytest.approx(np.std([0.55, 0.57, 0.62])) and "oracle_auc_mean" not in s
+
+
+def test_the_summary_counts_usable_days_and_says_so():
+    """Issue 13 / #14 item 11: a mean over days whose test hours are tiny or one-class looks authoritative."""
+    from twinv2.train.metrics import MIN_TEST_SAMPLES, day_problem, summarise, summary_line
+
+    nan = float("nan")
+    days = [{"auc": nan, "gauc": nan, "n_test": 0}, {"auc": 0.5, "gauc": 0.5, "n_test": 6},
+            {"auc": 1.0, "gauc": nan, "n_test": 2}, {"auc": nan, "gauc": nan, "n_test": 1},
+            {"auc": 0.65, "gauc": 0.6, "n_test": 61}, {"auc": 0.7, "gauc": 0.66, "n_test": 500}]
+    s = summarise(days)
+    assert (s["n_days"], s["auc_n_days"], s["n_usable_days"], s["min_test_samples"]) == (6, 4, 1, MIN_TEST_SAMPLES)
+    line = summary_line({**s, "pooled_auc": 0.7012, "n_test_total": 570})
+    assert line.startswith(f"AUC {s['auc_mean']:.4f} ± {s['auc_std']:.4f}")
+    assert "over 4 of 6 days (5 days unusable: < 100 test samples or one class); pooled AUC 0.7012 over 570" in line
+    one = summarise([{"auc": 1.0, "gauc": 1.0, "n_test": 300}] + [{"auc": nan, "gauc": nan, "n_test": 3}] * 4)
+    assert "AUC 1.0000 ± 0.0000" in summary_line(one) and "over 1 of 5 days (4 days unusable" in summary_line(one)
+    assert "unusable" not in summary_line(summarise([{"auc": 0.7, "gauc": 0.6, "n_test": 100}]))
+    assert day_problem(0, 0) == "no test samples" and "one class" in day_problem(5, 5)
+    assert "fewer than 100" in day_problem(99, 3) and day_problem(100, 3) is None
+
+
+def test_small_test_hours_warn_and_a_pooled_auc_is_recorded(tiny_world, tiny_snapshot, capsys):
+    r = trainer(tiny_world, tiny_snapshot, "avg_pooling", max_train_per_day=50).run()
+    err = capsys.readouterr().err
+    small = [d for d in r["days"] if d["n_test"] < 100]
+    assert small and err.count("test hour unusable") == len(small)  # ~60 samples per tiny test hour
+    assert r["n_usable_days"] == len(r["days"]) - len(small) and r["n_test_total"] == sum(d["n_test"] for d in r["days"])
+    import pandas as pd
+
+    ds = Dataset(tiny_world)
+    s = ds.samples()
+    test = pd.concat([s[(s.ts >= d.test_start_ms) & (s.ts < d.end_ms)] for d in ds.eval_days])
+    assert len(test) == r["n_test_total"] and 0.0 < r["pooled_auc"] < 1.0

@@ -25,6 +25,11 @@ ABLATIONS: dict[str, dict[str, bool]] = {  # Figure 4: TWIN-V2 with ln n removed
 }
 
 
+DEFAULT_SWEEP = (0.0, 0.5, 1.0)  # far_past_signal values of a generated-world experiment's sweep
+KUAIRAND_CHOICES = ("auto", "27k", "1k", "none", "")
+CADENCES = ("daily", "once")
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "custom"
@@ -36,15 +41,25 @@ class ExperimentConfig:
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides, every run
     embed: dict[str, Any] = field(default_factory=dict)  # EmbedConfig overrides
     cluster: dict[str, Any] = field(default_factory=dict)  # ClusterJobConfig overrides
+    # When TWIN-V2's clusters are rebuilt: "daily" = a snapshot before each evaluation day, each refreshed from
+    # the one before (only users with new behaviours are clustered again), as a production job runs nightly;
+    # "once" = one snapshot before the first evaluation day, so day 5 reads clusters four days old while TWIN
+    # reads the raw latest behaviours. Both add one before the first warm-up day when there are warm-up days.
+    cluster_cadence: str = "daily"
     seeds: int = 3  # training seeds of `seed_models` (runs/<model>, then runs/<model>-seed<k>): the seed alone
     #  moved demo day-mean AUC by 0.01-0.017, as much as the TWIN-V2 - TWIN difference it should resolve (issue 11)
     seed_models: tuple[str, ...] = ("twin", "twin_v2")
     ablation: bool = True  # Figure 4: the three ln n ablations of TWIN-V2
     cluster_bench_users: int = 10  # Table 4 on the main data's longest histories (0 = skip)
-    sweep_values: tuple[float, ...] = (0.0, 0.5, 1.0)  # far_past_signal values; () = no sweep
+    # far_past_signal values of the sweep (fresh generated worlds: the knob is the generator's); unset = 0, 0.5
+    # and 1 on a generated main world and no sweep with `dataset:`; [] = no sweep. Read `sweep`, not this.
+    sweep_values: tuple[float, ...] | None = None
     sweep_models: tuple[str, ...] = ("twin", "twin_v2")
     sweep_world: dict[str, Any] = field(default_factory=dict)  # WorldConfig overrides on top of the main world's
-    kuairand: str = "27k"  # KuaiRand layout to import for its own section ("" = skip)
+    # The KuaiRand section: "27k" or "1k" imports that layout and trains `models` on it; "none" skips it
+    # ("" too, as older configs wrote it); "auto" = 27k on a generated main world, none with `dataset:` (your own
+    # data is the real-data section then). Read `kuairand_layout`, not this.
+    kuairand: str = "auto"
     kuairand_src: str = ""  # KuaiRand folder; "" = ../shared/data/kuairand beside the repository
 
     def __post_init__(self) -> None:
@@ -55,13 +70,32 @@ class ExperimentConfig:
             raise ValueError("models is empty: an experiment compares at least one model")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1 (training runs per seed model), got {self.seeds}")
+        if self.cluster_cadence not in CADENCES:
+            raise ValueError(f"cluster_cadence must be one of {', '.join(map(repr, CADENCES))}, got "
+                             f"{self.cluster_cadence!r}")
         if self.cluster_bench_users < 0:
             raise ValueError(f"cluster_bench_users must be >= 0, got {self.cluster_bench_users}")
-        if self.kuairand not in ("", "27k", "1k"):
-            raise ValueError(f"kuairand must be '27k', '1k' or '' (skip), got {self.kuairand!r}")
-        if any(not 0.0 <= v for v in self.sweep_values):
-            raise ValueError(f"sweep_values must be >= 0 (far_past_signal), got {self.sweep_values}")
+        if self.kuairand not in KUAIRAND_CHOICES:
+            raise ValueError(f"kuairand must be one of {', '.join(map(repr, KUAIRAND_CHOICES[:4]))}, got "
+                             f"{self.kuairand!r}")
+        if any(not 0.0 <= v for v in self.sweep):
+            raise ValueError(f"sweep_values must be >= 0 (far_past_signal), got {list(self.sweep)}")
         self.resolve()  # every override is checked now, not an hour into the run
+
+    # ---- what runs ---------------------------------------------------------------------------------------
+    @property
+    def sweep(self) -> tuple[float, ...]:
+        """The far_past_signal values the sweep runs (`sweep_values`, or its default for the main data)."""
+        if self.sweep_values is None:
+            return () if self.dataset else DEFAULT_SWEEP
+        return tuple(self.sweep_values)
+
+    @property
+    def kuairand_layout(self) -> str:
+        """The KuaiRand layout the experiment imports, "" when the section is skipped."""
+        if self.kuairand == "auto":
+            return "" if self.dataset else "27k"
+        return "" if self.kuairand in ("none", "") else self.kuairand
 
     # ---- the stage configs ------------------------------------------------------------------------------
     def world_config(self, **extra: Any) -> WorldConfig:
@@ -83,16 +117,19 @@ class ExperimentConfig:
 
     def resolve(self) -> dict[str, Any]:
         """Everything this experiment will run with, as plain data (written to experiment.json)."""
-        out: dict[str, Any] = {"experiment": to_dict(self), "embed": to_dict(self.embed_config()),
+        # The effective sweep and KuaiRand layout, so that a folder records what ran (and one made before these
+        # had defaults that depend on `dataset` still resumes).
+        mine = {**to_dict(self), "sweep_values": list(self.sweep), "kuairand": self.kuairand_layout}
+        out: dict[str, Any] = {"experiment": mine, "embed": to_dict(self.embed_config()),
                                "cluster": to_dict(self.cluster_config()),
                                "train": to_dict(self.train_config(self.models[0]))}
         if not self.dataset:
             out["world"] = to_dict(self.world_config())
-        if self.sweep_values:
+        if self.sweep:
             if self.dataset:
-                raise ValueError("sweep_values needs a generated world (the knob is the generator's); "
-                                 "set sweep_values: [] with an existing dataset")
-            out["sweep_worlds"] = {str(v): to_dict(self.sweep_config(v)) for v in self.sweep_values}
+                raise ValueError(f"sweep_values {list(self.sweep)} needs a generated main world (far_past_signal "
+                                 f"is the generator's knob); leave sweep_values out with `dataset:`")
+            out["sweep_worlds"] = {str(v): to_dict(self.sweep_config(v)) for v in self.sweep}
         return out
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from twinv2.data.storage import Dataset, write_json_atomic
+from twinv2.schema import DataError
 from twinv2.experiment.config import ABLATIONS, ExperimentConfig
 
 KUAIRAND_DEFAULT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "kuairand"
@@ -54,8 +55,9 @@ class Experiment:
             return old
         return {"config": self.resolved, "seed": self.cfg.seed, "name": self.cfg.name, "machine": machine(),
                 "timings": {}, "started": _now(), "finished": None,
-                "sections": {"main": self._main_label(), "kuairand": f"KuaiRand {self.cfg.kuairand.upper()}"},
-                "sweep": {"values": list(self.cfg.sweep_values), "models": list(self.cfg.sweep_models)}}
+                "sections": {"main": self._main_label(),
+                             "kuairand": f"KuaiRand {self.cfg.kuairand_layout.upper()}"},
+                "sweep": {"values": list(self.cfg.sweep), "models": list(self.cfg.sweep_models)}}
 
     def _main_label(self) -> str:
         if self.cfg.dataset:
@@ -92,7 +94,7 @@ class Experiment:
             for name, att in ABLATIONS.items():
                 st.append((f"train ablation/{name}",
                            lambda name=name, att=att: self._train(main_ds, "twin_v2", main / "ablation" / name, att)))
-        for v in c.sweep_values:
+        for v in c.sweep:
             root = self.out / "sweep" / f"fps-{float(v)}"
             ds = root / "dataset"
             st += [(f"generate sweep {v}", lambda v=v, ds=ds: self._generate(c.sweep_config(v), ds)),
@@ -104,7 +106,7 @@ class Experiment:
                 for m in (m for m in c.sweep_models if m in c.seed_models):
                     st.append((f"train sweep {v}/{m}-seed{k}", lambda ds=ds, m=m, k=k, root=root: self._train(
                         ds, m, root / "runs" / f"{m}-seed{k}", seed=c.seed + k)))
-        if c.kuairand:
+        if c.kuairand_layout:
             kr = self.out / "kuairand"
             st += [("import kuairand", lambda: self._import(kr / "dataset")),
                    ("stats kuairand", lambda: self._stats(kr / "dataset", kr / "stats.json")),
@@ -116,8 +118,15 @@ class Experiment:
         return st
 
     def run(self) -> Path:
+        if self.cfg.dataset:  # before anything is written: a wrong path is a one-line error naming the key
+            try:
+                Dataset(self.cfg.dataset)
+            except (DataError, OSError) as e:
+                raise ValueError(f"experiment `dataset: {self.cfg.dataset}`: {e}") from None
         self.out.mkdir(parents=True, exist_ok=True)
         self.record["stage_order"] = [name for name, _ in self.stages]  # experiment.json sorts `timings`' keys
+        if self.cfg.dataset:  # where the report finds a dataset given as a relative path, from any folder
+            self.record["dataset_path"] = str(Path(self.cfg.dataset).resolve())
         self._save()
         t_all = time.perf_counter()
         for i, (name, fn) in enumerate(self.stages, 1):
@@ -151,8 +160,8 @@ class Experiment:
             return "skipped"
         src = Path(self.cfg.kuairand_src) if self.cfg.kuairand_src else KUAIRAND_DEFAULT
         if not src.is_dir():
-            raise ValueError(f"KuaiRand folder not found at {src}; set kuairand_src, or kuairand: '' to skip")
-        import_kuairand(src, root, layout=self.cfg.kuairand, overwrite=True)
+            raise ValueError(f"KuaiRand folder not found at {src}; set kuairand_src, or kuairand: none to skip")
+        import_kuairand(src, root, layout=self.cfg.kuairand_layout, overwrite=True)
         return None
 
     def _stats(self, root: Path, path: Path) -> str | None:
@@ -160,6 +169,7 @@ class Experiment:
 
         if path.exists():
             return "skipped"
+        path.parent.mkdir(parents=True, exist_ok=True)  # EXP/main/ does not exist yet when `dataset:` is used
         write_json_atomic(path, compute_stats(Dataset(root)))
         _ensure_premise(Dataset(root))
         return None
@@ -173,20 +183,25 @@ class Experiment:
         return None
 
     def _cluster(self, root: Path) -> str | None:
-        from twinv2.offline.job import run_cluster_job
+        from twinv2.offline.job import run_cluster_job, snapshot_name
         from twinv2.train.run import find_snapshots
 
         ds = Dataset(root)
-        # Clusters from before the first evaluation day, so no day sees its future; with warm-up days also one
-        # from before the first warm-up day, which those train-only days use (the trainer takes the latest
-        # snapshot at or before each day's start), so the evaluation days' clusters are the same either way.
-        cuts = sorted({ds.first_train_day_ms, ds.eval_days[0].start_ms})
+        # Snapshots at day starts only, so no day sees its future (the trainer takes the latest one at or
+        # before each day's start): one before the first warm-up day (those train-only days use it), and one
+        # before each evaluation day ("daily") or before the first only ("once"). Each is refreshed from the
+        # one before it: users without new behaviours keep their clusters (offline/job.py `base_snapshot`).
+        days = ds.eval_days if self.cfg.cluster_cadence == "daily" else ds.eval_days[:1]
+        cuts = sorted({ds.first_train_day_ms, *(d.start_ms for d in days)})
         have = {s.snapshot_ts for s in find_snapshots(ds)}
         if have >= set(cuts):
             return "skipped"
+        base = None
         for cut in cuts:
             if cut not in have:
-                run_cluster_job(root, cut, None, self.cfg.cluster_config(), progress=self.progress)
+                run_cluster_job(root, cut, None, self.cfg.cluster_config(), base_snapshot=base,
+                                progress=self.progress)
+            base = snapshot_name(cut)
         return None
 
     def _cluster_bench(self, root: Path, path: Path) -> str | None:
@@ -197,18 +212,19 @@ class Experiment:
         result = bench_cluster(root, root / "embeddings" / "item_embeddings.parquet",
                                n_users=self.cfg.cluster_bench_users, big_user=False, seed=self.cfg.seed,
                                progress=self.progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, result)
         return None
 
     def _train(self, root: Path, model: str, out: Path, attention: dict[str, Any] | None = None,
                seed: int | None = None) -> str | None:
+        from twinv2.train.metrics import summary_line
         from twinv2.train.run import train_one
 
         if (out / "metrics.json").exists():
             return "skipped"
         r = train_one(Dataset(root), self.cfg.train_config(model, attention, seed), out, progress=self.progress)
-        self._say(f"  {out.relative_to(self.out)}: AUC {r['auc_mean']:.4f} ± {r['auc_std']:.4f}, "
-                  f"GAUC {r['gauc_mean']:.4f} ± {r['gauc_std']:.4f}")
+        self._say(f"  {out.relative_to(self.out)}: {summary_line(r)}")
         return None
 
     def _report(self) -> None:

@@ -52,7 +52,8 @@ def compute_tables(exp: Experiment) -> dict[str, Any]:
                        "item_init": item_inits(sec),
                        "reference": reference.reference_table(sec, exp, power, main_t3),
                        "retrieval": retrieval.retrieval_table(sec, exp),
-                       "learning_curve": curve.learning_curve(sec, exp)}
+                       "learning_curve": curve.learning_curve(sec, exp),
+                       "truth": has_truth(sec, main_t3)}
     if exp.kuairand is not None:
         sec = exp.kuairand
         kpower = Power(exp.root, dataset=sec.dataset)
@@ -71,6 +72,19 @@ def compute_tables(exp: Experiment) -> dict[str, Any]:
         for run in [*sec.runs.values(), *sec.ablation.values(), *seed_runs]:
             out["problems"] += tables.summary_mismatches(run.metrics, exp.rel(run.dir / "metrics.json"), tol=1e-6)
     return out
+
+
+def has_truth(sec, t3: dict[str, Any]) -> bool:
+    """Whether the section's data has a ground truth (a generated world: p_true, premise, interests); the
+    report's wording follows it (no oracle or generated-world caveats on an imported log)."""
+    if t3.get("oracle") is not None:
+        return True
+    if sec.dataset is None:
+        return False
+    try:
+        return json.loads((sec.dataset / "manifest.json").read_text()).get("source") == "generated"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def make_figures(t: dict[str, Any], fig_dir: Path) -> dict[str, Path]:

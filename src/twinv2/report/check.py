@@ -128,6 +128,12 @@ def check_report(exp_dir: str | Path, out_dir: str | Path | None = None) -> list
                            f"{node.get('missing') or 'it was measured'}")
             elif body is not None:
                 _compare(where, node, premise.from_file(body, node), out)
+        elif kind == "reach":
+            gone = [f for f in node.get("sources", []) if not (root / f).is_file()]
+            if gone:
+                out.append(f"{where}: prediction file(s) {gone} are missing")
+            else:
+                _compare(where, node, premise.reach_from(root, node), out)
         elif kind in ("boot_run", "boot_diff") and "missing" not in node:
             out += _check_boot(root, where, node, powers)
         elif kind == "bench" and "source" in node:

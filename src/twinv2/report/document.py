@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from twinv2.report.premise import verdict_sentence as premise_verdict
 from twinv2.report.reference import summary_sentence as reference_sentence
 from twinv2.report.render import Bullets, Code, Doc, Figure, H, P, Table
 from twinv2.report.tables import num, signed
+from twinv2.train.metrics import MIN_TEST_SAMPLES
 
 NOT_RUN = "Not run in this experiment"
 DASH = "–"
@@ -237,6 +239,7 @@ def table3_blocks(doc: Doc, t3: dict[str, Any], figs: dict[str, Path], fig_key: 
                   "users" + ("; E[·] under p_true: the AUC expected when labels are drawn from the true click "
                              "probability, free of label noise (the oracle's is the ceiling)" if ex else "") +
                   f"; {paper.TABLE3_NOTE}."))
+    doc.add(test_hour_note(rows))
     if o and num(o.get("max_disagreement")) > 1e-12:
         doc.add(P(f"Note: the runs' oracle values differ by up to {num(o['max_disagreement']):.2e}, so their "
                   f"test sets are not identical."))
@@ -251,6 +254,23 @@ def table3_blocks(doc: Doc, t3: dict[str, Any], figs: dict[str, Path], fig_key: 
     if fig_key == "table3":
         doc.add(_fig(figs, "vs_best", "Each model minus the best model, pooled over the test days, with its 95% "
                                       "paired-bootstrap CI (red: not resolved)"))
+
+
+def test_hour_note(rows: list[dict[str, Any]]) -> P | None:
+    """The test hours' sizes (every run of a section scores the same ones) and how many days are usable."""
+    r = max(rows, key=lambda r: len(r.get("n_test_days") or []), default=None)
+    sizes = (r or {}).get("n_test_days") or []
+    if not sizes or None in sizes:
+        return None
+    n = len(sizes)
+    ok = int(r.get("usable_days", n))
+    text = f"Test hours: {', '.join(f'{x:,}' for x in sizes)} samples (day 1 to {n})."
+    if ok < n:
+        which = (f"none of the {n} days is" if ok == 0 else f"only {ok} of the {n} days {'is' if ok == 1 else 'are'}")
+        text += (f" A usable test hour has at least {MIN_TEST_SAMPLES} samples and both labels: {which} usable, so "
+                 f"the day means ± std above {'are not reliable' if ok == 0 else 'mix in unreliable days'} (an "
+                 f"unusable day's AUC is noise or missing); read the pooled columns and their CIs.")
+    return P(text)
 
 
 def ablation_blocks(doc: Doc, ab: dict[str, Any] | None, figs: dict[str, Path]) -> None:
@@ -349,17 +369,41 @@ def table4_blocks(doc: Doc, t4: dict[str, Any] | None) -> None:
                      f"{nbytes(r['bytes_before'])} → {nbytes(r['bytes_after'])}",
                      r["paper_label"] or DASH, f(r["paper_accuracy"], 3), f(r["paper_sec"], 3)])
     s = t4.get("setup") or {}
+    lengths = (f" (T = {int(num(s['T_min'])):,} to {int(num(s['T_max'])):,} behaviours, median "
+               f"{num(s['T_median']):,.0f})" if all(s.get(k) is not None for k in ("T_min", "T_max", "T_median"))
+               else "")
     doc.add(Table(["Variant", "δ", "accuracy", "s/user (median)", "s/user (p90)", "clusters/user", "T̂/T",
                    "bytes/user before → after", "paper variant", "accuracy (paper)", "s/user (paper)"], rows,
-                  f"Users: {s.get('users', DASH)}; γ = {s.get('gamma', DASH)}, {s.get('threads', DASH)} thread; "
-                  f"accuracy = mean cosine of items to their centroid; paper's times are on Kuaishou's hardware:"))
+                  f"Users: {s.get('users', DASH)}{lengths}; γ = {s.get('gamma', DASH)}, {s.get('threads', DASH)} "
+                  f"thread; accuracy = mean cosine of items to their centroid; paper's times are on Kuaishou's "
+                  f"hardware:"))
     if t4.get("big_user_seconds") is not None:
         doc.add(P(f"One user with {t4['big_user_T']:,} behaviours (adaptive): {t4['big_user_seconds']:.2f} s."))
-    tg = t4.get("targets") or []
+    tg = [x for x in t4.get("targets") or [] if isinstance(x, dict)]
     if tg:
-        doc.add(Bullets([f"{'n/a' if x.get('met') is None else 'met' if x['met'] else 'MISSED'}: {x.get('name')} "
-                         f"(value {DASH if x.get('value') is None else format(num(x['value']), '.4g')})"
-                         for x in tg if isinstance(x, dict)]))
+        doc.add(Bullets([target_line(x, s.get("T_median")) for x in tg]))
+
+
+_AT_T = re.compile(r" at T\s*=\s*(\d{1,3}(?:,\d{3})+|\d+)")
+
+
+def target_line(x: dict[str, Any], t_median: Any) -> str:
+    """One benchmark target. A time target set at a history length T (`... at T=14,500`) is judged at that T
+    only: measured on users of another median length, a pass below T or a miss above it says nothing, so it
+    reads "not comparable" with both lengths; a pass above T or a miss below it still counts."""
+    name, met = str(x.get("name")), x.get("met")
+    value = DASH if x.get("value") is None else format(num(x["value"]), ".4g")
+    word = "n/a" if met is None else "met" if met else "MISSED"
+    m = _AT_T.search(name)
+    if m and met is not None and t_median is not None and math.isfinite(num(t_median)):
+        t_set, t_here = int(m.group(1).replace(",", "")), num(t_median)
+        if t_here != t_set:
+            name = _AT_T.sub("", name)
+            at = f"measured at these users' median T = {t_here:,.0f}; the target is for T = {t_set:,}"
+            if (met and t_here < t_set) or (not met and t_here > t_set):
+                return f"not comparable: {name} (value {value}; {at})"
+            return f"{word}: {name} (value {value}; {at}, so it holds a fortiori)"
+    return f"{word}: {name} (value {value})"
 
 
 def cost_blocks(doc: Doc, c: dict[str, Any], exp: Experiment) -> None:
@@ -373,12 +417,12 @@ def cost_blocks(doc: Doc, c: dict[str, Any], exp: Experiment) -> None:
     else:
         doc.add(P(f"Model runs: {NOT_RUN}."))
     if c["snapshots"]:
-        rows = [[s["snapshot"], rate(s["users"]), rate(s["behaviours"]), rate(s["clusters"]), f(s["compression"]),
-                 secs(s["wall_seconds"]), secs(s["worker_seconds"]),
+        rows = [[s["snapshot"], rate(s["users"]), _refresh(s), rate(s["behaviours"]), rate(s["clusters"]),
+                 f(s["compression"]), secs(s["wall_seconds"]), secs(s["worker_seconds"]),
                  f"{nbytes(s['bytes_before'])} → {nbytes(s['bytes_after'])}", nbytes(s["parquet_bytes_after"])]
                 for s in c["snapshots"]]
-        doc.add(Table(["Snapshot", "users", "behaviours", "clusters", "T̂/T", "wall time", "worker time",
-                       "storage before → after", "cluster parquet"], rows,
+        doc.add(Table(["Snapshot", "users", "clustered / reused (refresh)", "behaviours", "clusters", "T̂/T",
+                       "wall time", "worker time", "storage before → after", "cluster parquet"], rows,
                       f"Offline compression (cluster manifests). Storage before = behaviours before the snapshot × "
                       f"{c['raw_row_bytes']} bytes (five int64 columns: user_id, item_id, ts, play_ms, duration_ms); "
                       f"after = clusters × {c['cluster_row_bytes']} bytes (a virtual item's columns as the model "
@@ -401,6 +445,16 @@ def cost_blocks(doc: Doc, c: dict[str, Any], exp: Experiment) -> None:
         doc.add(Table(["Model", "GSU length", "train samples/s", "inference samples/s", "peak RSS (GB)"], rows,
                       "bench_train.json (synthetic full-length batches, batch 256; end to end, batch building "
                       "included):"))
+
+
+def _refresh(s: dict[str, Any]) -> str:
+    """Users clustered again / copied from the base snapshot in the job's last run (a refresh reuses the
+    clusters of users without new behaviours); a dash where the manifest does not say."""
+    c, r = s.get("clustered_users"), s.get("reused_users")
+    if c is None or r is None:
+        return DASH
+    base = f" (from {Path(str(s['base_snapshot'])).name})" if s.get("base_snapshot") else ""
+    return f"{rate(c)} / {rate(r)}{base}"
 
 
 def sweep_blocks(doc: Doc, sw: dict[str, Any] | None, figs: dict[str, Path],
@@ -467,8 +521,9 @@ def caveats(doc: Doc, t: dict[str, Any]) -> None:
     cpus = (h.get("machine") or {}).get("cpus")
     main = t.get("main") or {}
     n_days = max([r.get("auc_n", 0) for r in (main.get("table3") or {}).get("rows", [])] or [0])
+    truth = bool(main.get("truth")) or bool(t.get("sweep"))  # a generated world somewhere in the report
     doc.add(H(1, "How to read this, and caveats"))
-    doc.add(Bullets([
+    doc.add(Bullets([b for b in [
         ("Protocol (paper §4.1): per evaluation day, train on hours 0–22 in time order, test on hour 23, carry the "
         "model over to the next day (streaming). mean ± std is over the days' test hours, population std (ddof=0), "
         "as the trainer's summary."),
@@ -482,21 +537,31 @@ def caveats(doc: Doc, t: dict[str, Any]) -> None:
          "table where runs/<model>-seed<k> folders exist)."),
         ("E[AUC], E[GAUC] under p_true (generated data): the AUC a score is expected to reach when labels are drawn "
          "from the true click probability, Σ_{i≠j} p_i(1−p_j)·1[s_i > s_j] / Σ_{i≠j} p_i(1−p_j) (ties ½); "
-         "free of label noise, so two models' expected AUCs differ only through their scores."),
+         "free of label noise, so two models' expected AUCs differ only through their scores.") if truth else None,
+        (f"A day's test hour counts as usable with at least {MIN_TEST_SAMPLES} samples and both labels "
+         f"(train/metrics.py); a smaller one still enters the mean ± std (the trainer's summary), so where the "
+         f"Table 3 analog reports unusable days, read the pooled columns, not the day means."),
         (f"The paired t-test has only {n_days} day(s) here: low power, so a small p is strong evidence but a large p "
         f"is weak evidence of no difference."),
         ("Zero-shot reference, retrieval diagnostics and the premise need what the trainer and the world "
          "write: a `zero_shot` column in the prediction files (runs with pre-trained item vectors), a "
          "`retrieval` block in metrics.json and DATASET/premise.json (generated worlds only: imported data has no "
          "ground truth); without them the section says \"not measured\". The retrieval intervals are "
-         "conservative bounds from group means (retrieval.py), not a paired bootstrap."),
+         "conservative bounds from group means (retrieval.py), not a paired bootstrap.") if truth else
+        ("The zero-shot reference needs a `zero_shot` column in the prediction files (runs with pre-trained item "
+         "vectors); without it the section says \"not measured\"."),
         ("The main section runs on a generated world: its ground truth (p_true) gives the oracle row, and its "
-        "far_past_signal knob sets how much the far past predicts clicks; its numbers say what the models do on "
-        "that world, not on Kuaishou's logs. The paper's columns are Kuaishou's, shown for shape, not for equality."),
+         "far_past_signal knob sets how much the far past predicts clicks; its numbers say what the models do on "
+         "that world, not on Kuaishou's logs. The paper's columns are Kuaishou's, shown for shape, not for "
+         "equality.") if main.get("truth") else
+        (f"The main section runs on {main['label']}, a log without ground truth: every number is measured against "
+         f"its own labels (no oracle, no label-noise-free E[AUC], no retrieval diagnostics, no premise beyond the "
+         f"history lengths), so a difference is only as good as its CI. The paper's columns are Kuaishou's, shown "
+         f"for shape, not for equality.") if main else None,
         (f"Times and throughputs were measured on a {cpus}-core box with other work possibly running; compare them "
          f"within this report, not with the paper's." if cpus else
          "Times and throughputs depend on the machine (unknown: no experiment.json); compare them within this "
          "report only."),
         ("Every figure is also a table above it; `tables.json` holds every printed number, and "
         "`twinv2.report.check_report` re-derives them from the metrics.json and prediction files."),
-    ]))
+    ] if b]))

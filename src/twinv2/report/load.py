@@ -205,6 +205,19 @@ class Experiment:
             return str(path)
 
 
+def external_dataset(meta: dict[str, Any]) -> str | None:
+    """The dataset folder an experiment used in place (ExperimentConfig `dataset`), or None when it generated
+    its own: experiment.json's `dataset_path` (the absolute path the run used), else the configured value at
+    config.experiment.dataset (config.dataset in hand-made folders), a relative one read from the working
+    folder."""
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    own = cfg.get("experiment") if isinstance(cfg.get("experiment"), dict) else {}
+    for value in (meta.get("dataset_path"), own.get("dataset"), cfg.get("dataset")):
+        if isinstance(value, str) and value:
+            return str(Path(value).resolve())
+    return None
+
+
 def load_experiment(exp_dir: str | Path) -> Experiment:
     root = Path(exp_dir)
     if not root.is_dir():
@@ -213,8 +226,7 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
     meta = read_json(root / "experiment.json", problems)
     meta = meta if isinstance(meta, dict) else {}
     labels = meta.get("sections") or {}
-    external = (meta.get("config") or {}).get("dataset") if isinstance(meta.get("config"), dict) else None
-    main = load_section(root / "main", "main", labels.get("main", "main"), problems, external or None)
+    main = load_section(root / "main", "main", labels.get("main", "main"), problems, external_dataset(meta) or None)
     kuairand = load_section(root / "kuairand", "kuairand", labels.get("kuairand", "KuaiRand"), problems)
     sweep: dict[float, Section] = {}
     sweep_dir = root / "sweep"

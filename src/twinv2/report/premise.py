@@ -101,12 +101,53 @@ def follows(points: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# ---- reach: what a log without ground truth can say -----------------------------------------------------
+WINDOW = 10_000  # TWIN's GSU window (its default; a TWIN run's resolved model_cfg.seq_len wins): what it reads
+REACH_RUNS = ("twin_v2", "twin")  # whose test predictions give the test samples (the same in every run)
+
+
+def reach(sec: Section, exp: Experiment) -> dict[str, Any] | None:
+    """On a section without premise.json (an imported log): the share of its test samples whose user has more
+    than WINDOW behaviours strictly before the sample, the only samples where a life-cycle model reads
+    behaviours TWIN's latest WINDOW cannot; with the median and p90 history length at a test sample. None
+    without the dataset or prediction files."""
+    run = next((sec.runs[m] for m in REACH_RUNS if m in sec.runs), next(iter(sec.runs.values()), None))
+    if sec.dataset is None or run is None or not run.prediction_files():
+        return None
+    twin = sec.runs.get("twin")
+    seq = (((twin.metrics.get("config") or {}).get("model_cfg") or {}).get("seq_len") if twin else None)
+    return reach_from(exp.root, {"sources": [exp.rel(p) for p in run.prediction_files()],
+                                 "dataset": exp.rel(sec.dataset), "window": int(seq) if seq else WINDOW})
+
+
+def reach_from(root: Path, node: dict[str, Any]) -> dict[str, Any]:
+    """The `reach` record of `node`'s prediction files and dataset (check.py recomputes it the same way)."""
+    import pandas as pd
+
+    from twinv2.data.storage import Dataset
+
+    ds = Path(node["dataset"])
+    ds = ds if ds.is_absolute() else root / ds
+    df = pd.concat([pd.read_parquet(root / f, columns=["user_id", "ts"]) for f in node["sources"]],
+                   ignore_index=True)
+    lengths = Dataset(ds).history_lengths(df["user_id"].to_numpy(np.int64), df["ts"].to_numpy(np.int64))
+    n = len(lengths)
+    return {"kind": "reach", "sources": list(node["sources"]), "dataset": node["dataset"], "window": node["window"],
+            "n_test_samples": n, "share_beyond_window": float((lengths > node["window"]).mean()) if n else None,
+            "median_length": float(np.quantile(lengths, 0.5, method="lower")) if n else None,
+            "p90_length": float(np.quantile(lengths, 0.9, method="lower")) if n else None,
+            "max_length": int(lengths.max()) if n else None}
+
+
 def premise_table(exp: Experiment, main_boot: dict[str, Any] | None, sweep: dict[str, Any] | None) -> dict[str, Any]:
     """Rows: the main world, then each sweep world (premise record + the measured TWIN-V2 − TWIN, taken from
-    `main_boot` / the sweep rows' `boot`); `follows`: over the sweep worlds."""
+    `main_boot` / the sweep rows' `boot`); `follows`: over the sweep worlds. A main section without
+    premise.json also gets its `reach` (an imported log: what can be measured without ground truth)."""
     rows = []
     if exp.main is not None:
         rows.append(_row("main", None, exp.main, exp, main_boot))
+        if "missing" in rows[-1]["premise"]:
+            rows[-1]["reach"] = reach(exp.main, exp)
     boots = {float(r["value"]): r.get("boot") for r in (sweep or {}).get("rows", [])}
     for v, sec in exp.sweep.items():
         rows.append(_row(sec.key, float(v), sec, exp, boots.get(float(v))))

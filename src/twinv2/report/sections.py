@@ -127,7 +127,31 @@ def _measured(m: dict[str, Any] | None, metric: str) -> str:
     return f"{cb.dci(iv)} (MRD {cb.mrd(iv)}): {cb.verdict_text(iv.get('verdict'), 'TWIN-V2', 'TWIN')}"
 
 
+def reach_sentence(r: dict[str, Any] | None) -> str | None:
+    """What a log without ground truth says about the premise: how many test samples reach past TWIN's window."""
+    if not r or r.get("share_beyond_window") is None:
+        return None
+    w, share = int(r["window"]), num(r["share_beyond_window"])
+    head = (f"{_pct(share)} of the {int(r['n_test_samples']):,} test samples have more than {w:,} behaviours "
+            f"before them (median history at a test sample {num(r['median_length']):,.0f}, p90 "
+            f"{num(r['p90_length']):,.0f}, max {int(r['max_length']):,})")
+    if share == 0:
+        return (f"{head}: TWIN's latest {w:,} already cover every test sample's whole history, so TWIN-V2 reads "
+                f"no behaviour TWIN cannot, and any TWIN-V2 − TWIN difference here comes from clustering, not "
+                f"from the far past.")
+    return (f"{head}: only on those can TWIN-V2's life-cycle clusters read behaviours TWIN's latest {w:,} miss, "
+            f"so a life-cycle gain, if any, comes from them.")
+
+
 def premise_blocks(doc: Doc, pt: dict[str, Any] | None) -> None:
+    if pt and pt["rows"] and all("missing" in r["premise"] for r in pt["rows"]) and \
+            any(r.get("reach") for r in pt["rows"]):  # an imported log only: no truth, but its reach
+        doc.add(H(1, "The premise on this log: does it reach beyond TWIN's window?"))
+        doc.add(P("Without a generated world's ground truth the share of test samples whose evidence lies only in "
+                  "the far past cannot be measured; what can be measured is which test samples have a far past "
+                  "at all (history length strictly before the sample, from the dataset)."))
+        doc.add(P(" ".join(s for s in (reach_sentence(r.get("reach")) for r in pt["rows"]) if s)))
+        return
     doc.add(H(1, "The premise, measured: does this world need the far past?"))
     if not pt or not pt["rows"]:
         doc.add(P("Premise: not measured (no generated world in this experiment)."))
@@ -167,6 +191,8 @@ def premise_summary(pt: dict[str, Any] | None) -> list[str]:
     """Summary bullets: the main world's premise, and the sweep's gain-vs-ceiling verdict."""
     out = []
     main = next((r for r in (pt or {}).get("rows", []) if r["far_past_signal"] is None), None)
+    if main and "missing" in main["premise"] and reach_sentence(main.get("reach")):
+        out.append(f"Reach (main data): {reach_sentence(main['reach'])}")
     if main and "missing" not in main["premise"]:
         p = main["premise"]
         out.append(f"Premise (main world): {_pct(p.get('share_beyond_window'))} of test samples have their evidence "

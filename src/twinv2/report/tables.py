@@ -34,7 +34,7 @@ from twinv2.report.load import (
     display_name,
     finite,
 )
-from twinv2.train.metrics import mean_std  # the one per-day summary (the trainer writes it too)
+from twinv2.train.metrics import mean_std, usable  # the one per-day summary (the trainer writes it too)
 
 RUN_FIELDS = ("auc", "gauc", "oracle_auc", "oracle_gauc", "zero_shot_auc", "zero_shot_gauc", "train_samples_per_s",
               "eval_samples_per_s")
@@ -87,6 +87,8 @@ def summarise_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     for key in ("train_seconds", "n_train", "n_test"):
         if any(key in d for d in days):
             out[f"{key}_total"] = float(sum(num(d.get(key)) for d in days if d.get(key) is not None))
+    out["n_test_days"] = [None if d.get("n_test") is None else int(d["n_test"]) for d in days]
+    out["usable_days"] = sum(usable(d) for d in days)  # >= MIN_TEST_SAMPLES test samples and both labels
     out["days"] = [int(d.get("day", i)) for i, d in enumerate(days)]
     out["auc_days"] = [day_values(metrics, "auc")[k] for k in out["days"]]
     out["gauc_days"] = [day_values(metrics, "gauc")[k] for k in out["days"]]
@@ -281,6 +283,10 @@ def snapshot_cost(path, m: dict[str, Any], sec: Section, exp: Experiment, raw_ro
         "behaviours": behaviours, "clusters": clusters,
         "compression": clusters / behaviours if behaviours else float("nan"),
         "wall_seconds": (m.get("last_run") or {}).get("seconds"),
+        # a refresh (experiment cluster_cadence "daily") clusters only users with new behaviours again
+        "base_snapshot": m.get("base_snapshot"),
+        "clustered_users": (m.get("last_run") or {}).get("clustered_users"),
+        "reused_users": (m.get("last_run") or {}).get("reused_users"),
         "worker_seconds": float(sum(shard_sec)) if shard_sec and None not in shard_sec else None,
         "bytes_before": behaviours * raw_row, "bytes_after": clusters * row_bytes,
         "parquet_bytes_after": float(sum(disk)) if disk and None not in disk else None,

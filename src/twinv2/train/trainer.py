@@ -9,6 +9,7 @@ torch.distributed group (train/distributed.py) each rank trains and scores its s
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from twinv2.train.checkpoint import resolved_config, save_checkpoint
 from twinv2.train.distributed import (Ranks, SyncedOptimizer, backend as dist_backend, broadcast_state,
                                      evaluate_sharded, train_rows_sharded)
 from twinv2.train.features import N_DUR, Features, duration_bucket
-from twinv2.train.metrics import auc, gauc, summarise
+from twinv2.train.metrics import MIN_TEST_SAMPLES, auc, day_problem, gauc, summarise
 from twinv2.train.optim import SplitAdam
 from twinv2.train.retrieval import has_truth, kept_item_ids, retrieval_diagnostics
 from twinv2.train.step import batches, train_rows
@@ -199,7 +200,7 @@ class StreamingTrainer:
         if len(head):
             self.model.start_base_rate(float(head["label"].mean()))
         warmup = [self._warmup_day(d, samples) for d in self.ds.warmup_days]  # train-only days, in time order
-        results, kept = [], []
+        results, kept, pooled = [], [], ([], [])
         for day in days:
             in_day = (samples["ts"] >= day.start_ms) & (samples["ts"] < day.end_ms)
             train = self._enter_day(day, samples[in_day & (samples["ts"] < day.test_start_ms)],
@@ -217,6 +218,13 @@ class StreamingTrainer:
                 y, u = test["label"].to_numpy(), test["user_id"].to_numpy()
                 row.update(zero_shot_auc=auc(y, zero_shot), zero_shot_gauc=gauc(u, y, zero_shot)[0])
             results.append(row)
+            pooled[0].append(test["label"].to_numpy())
+            pooled[1].append(scores)
+            problem = day_problem(len(test), int(test["label"].sum()))
+            if problem and self.ranks.is_main:  # even when quiet: a mean over such days looks authoritative
+                said = "it has no AUC" if not np.isfinite(row["auc"]) else f"its AUC {row['auc']:.4f} is unreliable"
+                print(f"twinv2: warning: {self.cfg.model} day {day.label}: test hour unusable ({problem}; "
+                      f"usable = >= {MIN_TEST_SAMPLES} samples, both classes): {said}", file=sys.stderr, flush=True)
             if self.progress:
                 print(f"{tag}: AUC {row['auc']:.4f} GAUC {row['gauc']:.4f} ({len(test)} test samples)")
             if self.out:
@@ -227,6 +235,9 @@ class StreamingTrainer:
                     pred["zero_shot"] = zero_shot
                 pred.to_parquet(self.out / f"predictions-day{day.index}.parquet", index=False)
         summary = summarise(results)
+        y_all = np.concatenate(pooled[0]) if pooled[0] else np.zeros(0)  # every test hour as one test set
+        summary.update(pooled_auc=auc(y_all, np.concatenate(pooled[1]) if pooled[1] else np.zeros(0)),
+                       n_test_total=len(y_all))
         summary.update({"model": self.cfg.model, "config": to_dict(self.cfg), "item_init": self.item_init,
                         "device": str(self.device),
                         "days": results, "warmup_days": warmup})
