@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from twinv2.models.batch import Batch
-from twinv2.models.search import item_table, pair_dots, topk_exact
+from twinv2.models.search import item_table, pair_dots, select
 from twinv2.models.two_stage import TwoStage
 
 
@@ -43,5 +43,10 @@ class ETA(TwoStage):
 
     @torch.no_grad()
     def gsu(self, batch: Batch, target: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        score = -self.hamming(batch, target).float()  # (B, L)
-        return topk_exact(score, batch.seq.mask, self.cfg.attention.top_k)
+        """The K behaviours with the fewest differing bits (ties: the latest). The number of agreeing bits is the
+        dot product of ±1 signatures, m - 2 · Hamming, an exact integer: search.select ranks by it, which is
+        ranking by -Hamming with the same ties."""
+        seq = batch.seq
+        table, rows = item_table(self.items, seq.rows)  # (U, D), (B, L)
+        return select(self.signature(target), self.signature(table), rows, seq.mask, self.cfg.attention.top_k,
+                      self.cfg.attention.gsu_chunk)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from twinv2.models.batch import Batch
-from twinv2.models.search import topk_exact
 from twinv2.models.two_stage import TwoStage
 
 
@@ -26,6 +25,10 @@ class SIMHard(TwoStage):
         seq = batch.seq
         tag = self.items.tag(batch.target)  # (B,)
         match = seq.mask & (self.items.tag(seq.rows) == tag[:, None]) & (tag[:, None] != 0)  # (B, L)
-        # Every match scores the same, so the recency tie-break keeps the latest K matches.
-        score = torch.zeros(match.shape, device=match.device)  # (B, L)
-        return topk_exact(score, match, self.cfg.attention.top_k)
+        # Every match scores the same, so search.topk_exact's recency tie-break keeps the latest K matches: the
+        # same picks in the same order as one top-k on the position, lifted by L for a match (exact in float32
+        # for L < 2^23; topk_exact itself would rank every row by int64 keys, all of them being ties).
+        B, L = match.shape
+        pos = torch.arange(L, device=match.device, dtype=torch.float32).expand(B, L)
+        idx = (pos + match * float(L)).topk(min(self.cfg.attention.top_k, L), dim=1).indices  # (B, K')
+        return idx, match.gather(1, idx)

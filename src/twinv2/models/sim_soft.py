@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from twinv2.models.batch import Batch
-from twinv2.models.search import item_table, pair_dots, topk_exact
+from twinv2.models.search import item_table, select
 from twinv2.models.two_stage import TwoStage
 
 class SIMSoft(TwoStage):
@@ -24,5 +24,4 @@ class SIMSoft(TwoStage):
     def gsu(self, batch: Batch, target: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seq = batch.seq
         table, rows = item_table(self.items, seq.rows)  # (U, D), (B, L)
-        score = pair_dots(target, table, rows, self.cfg.attention.gsu_chunk)  # (B, L)
-        return topk_exact(score, seq.mask, self.cfg.attention.top_k)
+        return select(target, table, rows, seq.mask, self.cfg.attention.top_k, self.cfg.attention.gsu_chunk)
