@@ -78,12 +78,14 @@ def cmd_import(a: argparse.Namespace) -> int:
     from twinv2.data.importers import import_kuairand, import_mapped
 
     if a.source == "kuairand":
+        share = 0.5 if a.max_quarantine_share is None else a.max_quarantine_share
         root = import_kuairand(a.src or DEFAULT_SHARED, a.out, layout=a.layout, n_shards=a.shards,
-                               overwrite=a.overwrite)
+                               overwrite=a.overwrite, max_quarantine_share=share)
     else:
         if not a.mapping:
             raise ValueError("`twinv2 import mapped` needs --mapping FILE.yaml")
-        root = import_mapped(a.mapping, a.out, n_shards=a.shards, overwrite=a.overwrite)
+        root = import_mapped(a.mapping, a.out, n_shards=a.shards, overwrite=a.overwrite,
+                             max_quarantine_share=a.max_quarantine_share)
     print(f"wrote dataset to {root}")
     return 0
 
@@ -332,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="dataset directory")
     i.add_argument("--shards", type=int, default=4)
     i.add_argument("--overwrite", action="store_true")
+    i.add_argument("--max-quarantine-share", type=float, help="stop when a file has more than this share of its "
+                   "rows quarantined (default 0.5, or the mapping's max_quarantine_share)")
     i.set_defaults(func=cmd_import)
 
     s = sub.add_parser("stats", help="describe a dataset")

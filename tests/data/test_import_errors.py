@@ -41,7 +41,7 @@ def test_missing_required_column_names_file_and_column(tmp_path):
 
 def test_whole_column_wrong_type_names_file_column_and_row(tmp_path):
     rows = ["1,10,1649552400000,,10,1", "1,11,1649552500000,fast,10,0", "2,10,1649552600000,slow,10,1"]
-    with pytest.raises(DataError, match=r"log\.csv: column 'watch' has no numeric value \(row 1: 'fast'\)"):
+    with pytest.raises(DataError, match=r"log\.csv: column 'watch' has no usable integer value \(row 1: 'fast'\)"):
         run(tmp_path, HEADER + "\n".join(rows) + "\n")
 
 
@@ -64,7 +64,8 @@ def test_missing_mapping_file(tmp_path):
 def test_seconds_declared_as_ms_is_named(tmp_path):
     rows = ["1,10,1649552400,5,10,1", "2,10,1649552600,5,10,1"]
     with pytest.raises(DataError, match=r"column 't_ms': no time lies in 2000\.\.2100 when read with unit 'ms' "
-                                        r"\(row 0: .*\); is the time unit right\?"):
+                                        r"\(row 0: '1649552400' -> 1970-01-20T02:12:32Z\); if the unit is right, "
+                                        r"widen .*columns\.time_range.*; if not, fix `columns\.time_unit`"):
         run(tmp_path, HEADER + "\n".join(rows) + "\n")
 
 
@@ -101,9 +102,10 @@ def test_malformed_yaml(tmp_path):
 @pytest.mark.parametrize("body, message", [
     ({"inputs": ["log.csv"]}, "required key 'columns' missing"),
     ({"inputs": ["log.csv"], "columns": {"user": "uid"}}, "section 'columns'.*item"),
-    ({"inputs": ["log.csv"], "columns": {**COLUMNS, "time_unit": "minutes"}}, "time unit 'minutes'"),
+    ({"inputs": ["log.csv"], "columns": {**COLUMNS, "time_unit": "minutes"}},
+     "columns.time_unit 'minutes' is not one of ms, s, us, datetime"),
     ({"inputs": ["log.csv"], "columns": COLUMNS, "split": {"last_days": 0}},
-     "last_days must be an integer >= 1, got 0"),
+     r"split\.last_days must be an integer in 1\.\.366 .*, got 0"),
     ({"inputs": ["log.csv"], "columns": COLUMNS, "split": {"history": "label > 0"}}, "split.history 'label > 0'"),
     ({"inputs": ["log.csv"], "columns": COLUMNS, "split": {"history": "liked == 1"}},
      r"log\.csv: required column\(s\) \['liked'\] missing"),

@@ -152,12 +152,12 @@ def test_two_input_files_duplicates_across_files_and_per_file_accounting(tiny, t
     df = pd.read_csv(tiny / "tiny_log.csv", dtype=str, keep_default_na=False)
     df.iloc[:8].to_csv(tiny / "a.csv", index=False)
     df.iloc[8:].to_csv(tiny / "b.csv", index=False)
-    body = {**BASE, "inputs": ["a.csv", "b.csv"]}
+    body = {**BASE, "inputs": ["a.csv", "b.csv"], "max_quarantine_share": 1.0}  # b.csv: 6 of its 9 rows are bad
     m = Dataset(import_mapped(write_mapping(tiny, body), tmp_path / "ds")).manifest
     a, b = m["inputs"][0], m["inputs"][1]
     assert (a["rows_in"], a["rows_quarantined"], b["rows_in"], b["rows_quarantined"]) == (8, 0, 9, 6)
     q = pd.read_csv(Path(tmp_path / "ds" / "quarantine.csv"))
-    assert q.loc[q["row"] == 1, "reason"].tolist() == ["duplicate user_id/item_id/ts of row 7"]
+    assert q.loc[q["row"] == 1, "reason"].tolist() == [f"duplicate user_id/item_id/ts of {tiny / 'a.csv'} row 7"]
     for f in (a, b):
         assert f["rows_in"] == f["rows_stored"] + f["rows_quarantined"] + f["rows_unused"]
     assert m["counts"]["samples"] == 7

@@ -288,10 +288,35 @@ def _load_manifest(mf: Path) -> dict[str, Any]:
                         f"was written; {REDO}")
     if checksummed and not isinstance(m.get("files"), dict):
         raise DataError(f"{mf}: no list of files; {REDO}")
+    for rel, e in (m.get("files") or {}).items():
+        if not isinstance(e, dict):
+            raise DataError(f"{mf}: files[{rel!r}] is {str(e)[:80]!r}, not {{bytes, sha256}}; {REDO}")
+    for key in ("cross_features", "sample_features", "user_features"):
+        v = m.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise DataError(f"{mf}: '{key}' must be a list of column names, got {str(v)[:80]!r}; {REDO}")
     n = m.get("n_shards")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise DataError(f"{mf}: n_shards must be an integer >= 1, got {n!r}; {REDO}")
+    for key, required in (("eval_days", True), ("warmup_days", False)):
+        _check_days(mf, key, m.get(key), required)
     return m
+
+
+def _check_days(mf: Path, key: str, days: Any, required: bool) -> None:
+    """`eval_days` / `warmup_days` of a manifest: a list of {index: int, label: str, start_ms: int}."""
+    if days is None and not required:
+        return
+    if days is None:
+        raise DataError(f"{mf}: key '{key}' missing; {REDO}")
+    if not isinstance(days, list) or (required and not days):
+        raise DataError(f"{mf}: '{key}' must be a non-empty list of days, got {str(days)[:80]!r}; {REDO}")
+    for d in days:
+        if (not isinstance(d, dict) or set(d) != {"index", "label", "start_ms"}
+                or not all(isinstance(d[k], int) and not isinstance(d[k], bool) for k in ("index", "start_ms"))
+                or not isinstance(d["label"], str)):
+            raise DataError(f"{mf}: '{key}' holds {str(d)[:80]!r}, not a day {{index: int, label: str, "
+                            f"start_ms: int}}; {REDO}")
 
 
 def _check_shards(root: Path, mf: Path, n_shards: int, files: dict[str, dict]) -> None:
@@ -350,6 +375,15 @@ class Dataset:
         Offline stages that must see nothing of any sample day (cluster snapshots) cut here."""
         days = self.warmup_days or self.eval_days
         return int(days[0].start_ms)
+
+    @property
+    def time_range_ms(self) -> tuple[int, int]:
+        """[start, end) in epoch ms of the times this dataset's import accepted (the manifest's
+        `validation.time_range` in years, 2000..2100 when absent): what later stages should accept as its times."""
+        import calendar
+
+        years = (self.manifest.get("validation") or {}).get("time_range") or [2000, 2100]
+        return tuple(calendar.timegm((int(y), 1, 1, 0, 0, 0)) * 1000 for y in years)  # type: ignore[return-value]
 
     @property
     def cross_features(self) -> list[str]:

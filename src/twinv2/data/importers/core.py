@@ -2,15 +2,24 @@
 
 Every importer (KuaiRand layouts, generic YAML mapping) turns its input into `LogPart`s whose columns already
 carry the stored names (`user_id, item_id, ts` in epoch ms, `play_ms, duration_ms, label` + feature columns)
-and hands them to `build_dataset` with a `SplitRule`. From there the path is the same for all:
+and hands them to `build_dataset` with a `SplitRule` and the validation `Checks`. From there the path is the
+same for all:
 
-1. Validation (`validate_log`): the parts are validated as one table (so duplicates across files are found),
-   labels must be 0/1; each bad row goes to `quarantine.csv` with its file, 0-based data row and reason.
-2. Split (`SplitRule.assign`): each valid row becomes a sample, a behaviour (history), both, or is *unused*
+1. Validation (`validation.read_log`), chunk by chunk (a part may stream its file): every cell is typed (ids
+   exactly, as int64), labels must be 0/1, times must lie in `Checks.time_range`; each bad row goes to `quarantine.csv`
+   (written as it is found, raw values cut to `schema.MAX_RAW_CHARS`) with its file, 0-based data row and
+   reason. Then duplicates of (user_id, item_id, ts) over all files (the first is kept). A column with no
+   usable value, a label column that is not 0/1, or a file more than `Checks.max_quarantine_share`
+   quarantined stops the import with a DataError naming the file and the column.
+2. Split (`SplitRule`): the log's last day is the last day holding a real share of rows (at least
+   `min_day_share` of the median rows per active day); rows more than `outlier_gap_days` after it are
+   quarantined as outliers. Each valid row becomes a sample, a behaviour (history), both, or is *unused*
    (e.g. an unclicked impression before the sample days). Per input file the manifest records
    `rows_in = rows_stored + rows_quarantined + rows_unused`, with `rows_stored = rows_as_sample_only +
    rows_as_behaviour_only + rows_as_both`. A sample's history is every behaviour of its user with a strictly
    smaller `ts` (readers enforce it), so a clicked sample row that is also a behaviour never sees itself.
+   A thin evaluation window (a day with few samples, a test hour without both labels) is a warning on stderr
+   and in the manifest (`warnings`, `eval_window`).
 3. Items: one row per item referenced by a stored behaviour or sample. Matched against an item-features file
    when there is one; an item without features gets `author_id = -1`, `tag = -1` and, as duration, the median
    of the positive `duration_ms` observed for it in the valid log rows (0 when none was observed). The manifest
@@ -21,123 +30,27 @@ and hands them to `build_dataset` with a `SplitRule`. From there the path is the
 
 from __future__ import annotations
 
-import dataclasses
 import re
+import sys
 import time
+from collections import Counter
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from twinv2.data.dirs import staged_dir
+from twinv2.data.importers.validation import (CORE, FILE_COL, ROW_COL, Checks, LogPart, QuarantineWriter,
+                                              reason_kind, iso_ms, read_log, write_typed_quarantine)
 from twinv2.data.storage import DAY_MS, EvalDay, ShardedWriter, write_manifest, write_table
-from twinv2.schema import (BEHAVIOURS, ITEMS, SAMPLES, UNKNOWN_ID, Column, DataError,
-                           MAX_TS_MS, MIN_TS_MS, validate)
+from twinv2.schema import BEHAVIOURS, ITEMS, SAMPLES, UNKNOWN_ID, DataError
 
-# The log as read: one row per impression or watch, validated before the split decides what it becomes.
-LOG = dataclasses.replace(BEHAVIOURS, name="log", columns=BEHAVIOURS.columns + (Column("label", "int8"),))
-CORE = [c.name for c in LOG.columns]
-FILE_COL = "__file"  # index of the input file, carried through validation as a (small, exact) float extra
 _HISTORY_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*==\s*(-?\d+)\s*$")
-
-
-@dataclass
-class LogPart:
-    """One input file's rows with stored column names; `source` names the file in messages."""
-
-    source: str
-    frame: pd.DataFrame
-
-
-# ---- checks on raw columns (they name the file's own column) ------------------------------------------
-def require_columns(columns: list[str], needed: list[str], source: str) -> None:
-    """DataError naming the file and every needed column that is absent."""
-    missing = [c for c in needed if c not in columns]
-    if missing:
-        raise DataError(f"{source}: required column(s) {missing} missing; columns present: {list(columns)}")
-
-
-def _blank(s: pd.Series) -> np.ndarray:
-    if pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
-        return s.isna().to_numpy()
-    return (s.isna() | (s.astype(str).str.strip() == "")).to_numpy()
-
-
-def require_numeric(df: pd.DataFrame, columns: list[str], source: str, shown: dict[str, str] | None = None) -> None:
-    """A column none of whose non-blank cells is a number is the wrong column: DataError with file, column, row.
-
-    `shown` maps a column of `df` to the file's own name for it, used in the message."""
-    for c in columns:
-        s = df[c]
-        if pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
-            continue
-        filled = ~_blank(s)
-        parsed = pd.to_numeric(s, errors="coerce").notna().to_numpy()
-        if filled.any() and not (parsed & filled).any():
-            r = int(np.flatnonzero(filled)[0])
-            name = (shown or {}).get(c, c)
-            raise DataError(f"{source}: column '{name}' has no numeric value (row {r}: {s.iloc[r]!r}); "
-                            f"is it the right column?")
-
-
-def to_epoch_ms(raw: pd.Series, unit: str, source: str, column: str) -> pd.Series:
-    """Times as epoch ms (Int64, NA for blank); unparsable cells keep their raw text for the quarantine.
-
-    unit: "ms" | "s" | "datetime" (ISO-like strings; naive ones are UTC, explicit offsets are honoured).
-    A column with no plausible time at all (e.g. seconds declared as ms) is a DataError naming the unit.
-    """
-    if unit not in ("ms", "s", "datetime"):
-        raise ValueError(f"{source}: time unit {unit!r} for column '{column}' is not one of ms, s, datetime")
-    filled = ~_blank(raw)
-    if unit == "datetime":
-        dt = pd.to_datetime(raw.where(filled), errors="coerce", utc=True, format="mixed")
-        ms = ((dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("float64")
-    else:
-        ms = pd.to_numeric(raw, errors="coerce").astype("float64")
-        if unit == "s":
-            ms = (ms * 1000).round()
-    parsed = ms.notna().to_numpy()
-    if filled.any() and not (parsed & filled).any():
-        r = int(np.flatnonzero(filled)[0])
-        raise DataError(f"{source}: column '{column}' has no value readable as time unit '{unit}' "
-                        f"(row {r}: {raw.iloc[r]!r})")
-    vals = ms.to_numpy()
-    if parsed.any() and not ((vals[parsed] >= MIN_TS_MS) & (vals[parsed] < MAX_TS_MS)).any():
-        r = int(np.flatnonzero(parsed)[0])
-        raise DataError(f"{source}: column '{column}': no time lies in 2000..2100 when read with unit '{unit}' "
-                        f"(row {r}: {raw.iloc[r]!r} -> {int(vals[r])} ms); is the time unit right?")
-    if unit == "ms":
-        return raw  # validate parses it and shows the raw text in any reason
-    unparsable = filled & ~parsed
-    if not unparsable.any():
-        return ms.astype("Int64")
-    out = ms.astype("Int64").astype(object)
-    out[unparsable] = raw[unparsable].astype(str)
-    return out
-
-
-# ---- validation -------------------------------------------------------------------------------------
-def validate_log(parts: list[LogPart], features: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validate all parts as one table. Returns (clean rows with FILE_COL, quarantine with file/row/reason)."""
-    for p in parts:
-        if len(p.frame) == 0:
-            raise DataError(f"{p.source}: the file is empty (no data rows)")
-    sizes = np.array([len(p.frame) for p in parts])
-    starts = np.r_[0, np.cumsum(sizes)]
-    names = np.array([p.source for p in parts], dtype=object)
-    df = pd.concat([p.frame.assign(**{FILE_COL: i}) for i, p in enumerate(parts)], ignore_index=True)
-    v = validate(df, LOG, ", ".join(names), extras=features + [FILE_COL])  # labels outside 0/1 included
-    q = v.quarantine.drop(columns=[FILE_COL], errors="ignore")
-    g = q["row"].to_numpy(dtype=np.int64)
-    f = np.searchsorted(starts, g, side="right") - 1
-    q["source"], q["row"] = names[f], g - starts[f]
-    q = q.assign(__f=f).sort_values(["__f", "row"], kind="stable").drop(columns="__f").reset_index(drop=True)
-    if len(v.clean) == 0:
-        raise DataError(f"{', '.join(names)}: no usable rows: all {len(df)} rows quarantined "
-                        f"(first reasons: {q['reason'].head(3).tolist()})")
-    return v.clean, q
+MAX_LAST_DAYS = 366  # evaluation days: one streaming train/test step each; a year is already far beyond the protocol
+MAX_SHARDS = 4096
 
 
 # ---- split ------------------------------------------------------------------------------------------
@@ -151,7 +64,12 @@ class SplitRule:
     """How valid log rows become samples and behaviours.
 
     kind "last_days": every row whose local day (day boundaries at UTC + `day_offset_hours`) is among the last
-    `last_days` consecutive days ending with the latest day in the log is a sample; eval days are those days.
+    `last_days` (1..366) consecutive days ending with the log's last day is a sample; eval days are those days
+    (fewer when the log spans fewer days: no evaluation day precedes the log).
+    The log's last day is the last day holding at least `min_day_share` of the median rows per active day
+    (so a trailing near-empty day, e.g. a log cut at 00:30, does not become an evaluation day: its rows stay
+    history or unused); rows more than `outlier_gap_days` days after it (one stray row dated 2099) are
+    quarantined as outliers, so they cannot move the window.
     kind "last_half_per_user": each user's last max(1, n_u // 2) rows in time order are samples; eval days
     are the local days the samples span.
     Behaviours (either kind): rows with `history` true at any time: "all", or "<column> == <integer>".
@@ -161,18 +79,30 @@ class SplitRule:
     last_days: int = 5
     day_offset_hours: float = 0.0
     history: str = "label == 1"
+    min_day_share: float = 0.1
+    outlier_gap_days: int = 7
 
     def __post_init__(self) -> None:
         if self.kind not in ("last_days", "last_half_per_user"):
             raise ValueError(f"split kind {self.kind!r} is not one of last_days, last_half_per_user")
-        if self.kind == "last_days" and (not isinstance(self.last_days, int) or self.last_days < 1):
-            raise ValueError(f"split.last_days must be an integer >= 1, got {self.last_days!r}")
+        if self.kind == "last_days" and (isinstance(self.last_days, bool) or not isinstance(self.last_days, int)
+                                         or not 1 <= self.last_days <= MAX_LAST_DAYS):
+            raise ValueError(f"split.last_days must be an integer in 1..{MAX_LAST_DAYS} (evaluation days, one "
+                             f"streaming train/test step each), got {self.last_days!r}")
         if not isinstance(self.day_offset_hours, (int, float)) or not -24 < self.day_offset_hours < 24:
             raise ValueError(f"split.day_offset_hours must be a number in (-24, 24), got {self.day_offset_hours!r}")
+        if isinstance(self.min_day_share, bool) or not isinstance(self.min_day_share, (int, float)) \
+                or not 0 <= self.min_day_share <= 1:
+            raise ValueError(f"split.min_day_share must be a number in [0, 1], got {self.min_day_share!r}")
+        if isinstance(self.outlier_gap_days, bool) or not isinstance(self.outlier_gap_days, int) \
+                or self.outlier_gap_days < 1:
+            raise ValueError(f"split.outlier_gap_days must be an integer >= 1, got {self.outlier_gap_days!r}")
         self.history_column()
 
     def history_column(self) -> tuple[str, int] | None:
         """(column, value) of the history filter, None for "all"."""
+        if not isinstance(self.history, str):
+            raise ValueError(f"split.history must be a string like 'label == 1', got {self.history!r}")
         if self.history.strip() == "all":
             return None
         m = _HISTORY_RE.match(self.history)
@@ -185,11 +115,16 @@ class SplitRule:
     def offset_ms(self) -> int:
         return int(round(self.day_offset_hours * 3_600_000))
 
+    def local_day(self, ts: np.ndarray) -> np.ndarray:
+        return (np.asarray(ts, dtype=np.int64) + self.offset_ms) // DAY_MS
+
     def text(self) -> str:
         tz = f"UTC{self.day_offset_hours:+g}"
         if self.kind == "last_days":
             s = (f"samples: every valid row in the last {self.last_days} day(s) of the log (day boundaries at "
-                 f"midnight {tz}), whatever its label")
+                 f"midnight {tz}; the last day is the last one with at least {self.min_day_share:g} of the median "
+                 f"rows per day; rows more than {self.outlier_gap_days} days after it are quarantined as "
+                 f"outliers), whatever its label")
         else:
             s = "samples: each user's last max(1, n_u // 2) valid rows in time order"
         h = self.history_column()
@@ -197,14 +132,27 @@ class SplitRule:
         return (f"{s}; behaviours (history): {b}; a sample sees only its user's behaviours with ts strictly "
                 f"before its own; other valid rows are counted as unused")
 
+    def last_day(self, ts: np.ndarray) -> tuple[int, float, np.ndarray]:
+        """(the log's last day, median rows per active day, mask of outlier rows) for kind last_days (see the
+        class docstring); for the other kind the last day is simply the latest and nothing is an outlier."""
+        day = self.local_day(ts)
+        days, counts = np.unique(day, return_counts=True)
+        med = float(np.median(counts))
+        if self.kind != "last_days":
+            return int(days[-1]), med, np.zeros(len(day), dtype=bool)
+        real = np.flatnonzero(counts >= self.min_day_share * med)  # never empty: the busiest day qualifies
+        end = int(days[real[-1]])
+        return end, med, day > end + self.outlier_gap_days
+
     def assign(self, clean: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[EvalDay]]:
         """(is_sample, is_behaviour, eval days) for `clean` sorted by (user_id, ts)."""
         ts = clean["ts"].to_numpy()
-        local_day = (ts + self.offset_ms) // DAY_MS
+        local_day = self.local_day(ts)
         if self.kind == "last_days":
-            first = int(local_day.max()) - self.last_days + 1
-            is_sample = local_day >= first
-            days = range(first, first + self.last_days)
+            end = self.last_day(ts)[0]
+            first = max(end - self.last_days + 1, int(local_day.min()))  # no evaluation day before the log
+            is_sample = (local_day >= first) & (local_day <= end)
+            days = range(first, end + 1)
         else:
             uid = clean["user_id"]
             from_end = uid.groupby(uid, sort=False).cumcount(ascending=False).to_numpy()
@@ -217,11 +165,34 @@ class SplitRule:
         else:
             if h[0] not in clean.columns:
                 raise ValueError(f"split.history uses column '{h[0]}', which is not among the imported columns "
-                                 f"{list(clean.columns.drop(FILE_COL, errors='ignore'))}")
+                                 f"{list(clean.columns.drop([FILE_COL, ROW_COL], errors='ignore'))}")
             is_beh = (clean[h[0]].to_numpy() == h[1])
         evals = [EvalDay(index=i, label=day_label(d), start_ms=d * DAY_MS - self.offset_ms)
                  for i, d in enumerate(days)]
         return is_sample, is_beh, evals
+
+
+def eval_window(smp: pd.DataFrame, days: list[EvalDay], median_rows: float, min_share: float) -> dict[str, Any]:
+    """Samples per evaluation day, in its test hour (23:00-24:00) and positives there, plus a warning for each
+    thin day: fewer samples than `min_share` of the median rows per log day, a test hour without samples, or
+    one whose samples all share one label (AUC undefined)."""
+    ts, label = smp["ts"].to_numpy(), smp["label"].to_numpy()
+    order = np.argsort(ts, kind="stable")
+    ts, label = ts[order], label[order]
+    per_day, warnings = [], []
+    for d in days:
+        a, t, b = np.searchsorted(ts, [d.start_ms, d.test_start_ms, d.end_ms])
+        n, nt, pos = int(b - a), int(b - t), int(label[t:b].sum())
+        per_day.append({"label": d.label, "samples": n, "test_samples": nt, "test_positives": pos})
+        if n < min_share * median_rows:
+            warnings.append(f"evaluation day {d.label} holds {n} sample(s), under {min_share:g} of the log's median "
+                            f"{median_rows:g} rows per day")
+        if nt == 0:
+            warnings.append(f"evaluation day {d.label}: its test hour (23:00-24:00) holds no sample: nothing to test")
+        elif pos in (0, nt):
+            warnings.append(f"evaluation day {d.label}: all {nt} test-hour sample(s) have label {int(pos > 0)}: "
+                            f"AUC undefined")
+    return {"median_rows_per_day": median_rows, "days": per_day, "thin": bool(warnings), "warnings": warnings}
 
 
 # ---- items and users --------------------------------------------------------------------------------
@@ -258,82 +229,146 @@ def side_accounting(entry: dict[str, Any], clean_ids: np.ndarray, used_ids: np.n
 
 
 # ---- writing ----------------------------------------------------------------------------------------
+def _stage(stack: ExitStack, out: Path, overwrite: bool) -> Path:
+    """The staging folder for `out` (dirs.staged_dir); an OS refusal to create it is a DataError naming `out`."""
+    try:
+        return stack.enter_context(staged_dir(out, overwrite))
+    except FileExistsError as e:
+        if e.errno is None:  # staged_dir's own refusal: it names `out` and says what to do
+            raise
+        raise DataError(f"{out}: cannot create the dataset there: {e.filename} is a file, not a folder") from None
+    except OSError as e:
+        raise DataError(f"{out}: cannot create the dataset there ({e.strerror or e}"
+                        f"{f': {e.filename}' if e.filename else ''})") from None
+
+
+def _warn(text: str) -> None:
+    print(f"twinv2: warning: {text}", file=sys.stderr)
+
+
 def build_dataset(out: str | Path, *, name: str, source: str, parts: list[LogPart], rule: SplitRule,
                   cross_features: list[str], sample_features: list[str], n_shards: int, overwrite: bool,
                   item_features: pd.DataFrame | None = None, user_features: pd.DataFrame | None = None,
                   side_quarantine: list[pd.DataFrame] | None = None, side_inputs: list[dict] | None = None,
                   log_features: list[str] | None = None, users_from_log: list[str] | None = None,
-                  extra_manifest: dict[str, Any] | None = None) -> Path:
-    """Validate, split and write a dataset directory; returns its path. Nothing is written before the input
-    has been read and validated, so a DataError leaves an existing `out` untouched.
+                  extra_manifest: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+                  checks: Checks | None = None) -> Path:
+    """Validate, split and write a dataset directory; returns its path. Everything is written into a hidden
+    staging folder beside `out` that becomes `out` only once complete, so a DataError (raised while reading,
+    before anything of `out` is touched) leaves an existing `out` as it was.
 
     `log_features` are further numeric log columns needed by the rule (history filter). `users_from_log` are
     user features read from the log itself: per user, the values on the user's latest valid row.
+    `extra_manifest` (or a function returning it, called once the log was read) adds manifest fields.
     """
-    if n_shards < 1:
-        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    if isinstance(n_shards, bool) or not isinstance(n_shards, int) or not 1 <= n_shards <= MAX_SHARDS:
+        raise ValueError(f"n_shards must be an integer in 1..{MAX_SHARDS}, got {n_shards!r}")
+    checks = checks or Checks()
     from_log = list(users_from_log or [])
     if from_log and user_features is not None:
         raise ValueError("user features come either from the log or from a users file, not both")
     feats = list(dict.fromkeys(cross_features + sample_features + list(log_features or []) + from_log))
-    clean, quarantine = validate_log(parts, feats)
-    if from_log:  # clean is sorted by (user_id, ts): the last row per user is the latest
-        user_features = clean.groupby("user_id", sort=True).tail(1)[["user_id", *from_log]].reset_index(drop=True)
-    is_sample, is_beh, days = rule.assign(clean)
-    fidx = clean[FILE_COL].to_numpy().astype(np.int64)
-    used = is_sample | is_beh
+    side_q = [q for q in side_quarantine or [] if len(q)]
+    side_cols = [c for q in side_q for c in q.columns]
+    warnings: list[str] = []
+    with ExitStack() as stack:
+        root = _stage(stack, Path(out), overwrite)
+        qw = QuarantineWriter(root / "quarantine.csv", CORE + feats + side_cols)
+        stack.callback(qw.close)
+        log = read_log(parts, feats, checks, qw)
+        clean = log.clean
+        end, median_rows, outlier = rule.last_day(clean["ts"].to_numpy())
+        if outlier.any():
+            oi = np.flatnonzero(outlier)
+            day = rule.local_day(clean["ts"].to_numpy()[oi])
+            reasons = np.array([f"outlier ts ({iso_ms(t)}): {int(d - end)} days after {day_label(end)}, the log's "
+                                f"last day with a real share of rows" for t, d in zip(clean["ts"].to_numpy()[oi], day)],
+                               dtype=object)
+            write_typed_quarantine(qw, clean.iloc[oi], reasons, parts)
+            for f_idx, r in zip(clean[FILE_COL].to_numpy()[oi], reasons):
+                log.files[f_idx].add([r])
+            warnings.append(f"{len(oi)} outlier row(s) quarantined: dated more than {rule.outlier_gap_days} days "
+                            f"after {day_label(end)}, the log's last day with a real share of rows "
+                            f"(latest: {iso_ms(clean['ts'].to_numpy()[oi].max())})")
+            clean = clean.drop(index=oi).reset_index(drop=True)
+        shares = [(f.source, f.rows_in, f.quarantined, f.summary()) for f in log.files]
+        shares += [(e["file"], e["rows_in"], e["rows_quarantined"],
+                    ", ".join(f"{k} ({n})" for k, n in Counter(map(reason_kind, q["reason"])).most_common(3)))
+                   for e, q in zip(side_inputs or [], side_quarantine or [])]
+        for src, n_in, n_q, summary in shares:
+            if n_in and n_q > checks.max_quarantine_share * n_in:
+                raise DataError(f"{src}: {n_q} of {n_in} rows ({n_q / n_in:.0%}) would be quarantined, more than "
+                                f"max_quarantine_share = {checks.max_quarantine_share:g}; most common: {summary}. "
+                                f"Is it the right file and mapping? (set `max_quarantine_share` in the mapping to "
+                                f"import it anyway)")
+        if from_log:  # clean is sorted by (user_id, ts): the last row per user is the latest
+            user_features = clean.groupby("user_id", sort=True).tail(1)[["user_id", *from_log]].reset_index(drop=True)
+        is_sample, is_beh, days = rule.assign(clean)
+        fidx = clean[FILE_COL].to_numpy().astype(np.int64)
+        used = is_sample | is_beh
 
-    beh = clean.loc[is_beh, BEHAVIOURS.names + cross_features]
-    smp = clean.loc[is_sample, SAMPLES.names + sample_features]
-    users_used = np.union1d(beh["user_id"].unique(), smp["user_id"].unique())
-    items_used = np.union1d(beh["item_id"].unique(), smp["item_id"].unique())
-    items = derive_items(clean, items_used, item_features)
-    users = join_users(users_used, user_features) if user_features is not None else None
+        beh = clean.loc[is_beh, BEHAVIOURS.names + cross_features]
+        smp = clean.loc[is_sample, SAMPLES.names + sample_features]
+        after = int((rule.local_day(clean["ts"].to_numpy()) > rule.local_day(np.array([days[-1].start_ms]))[0]).sum())
+        window = eval_window(smp, days, median_rows, rule.min_day_share)
+        if after:
+            window["rows_after_window"] = after
+            warnings.append(f"{after} row(s) on near-empty days after {days[-1].label} (each under "
+                            f"{rule.min_day_share:g} of the median rows per day) are not samples: history or unused")
+        if rule.kind == "last_days" and len(days) < rule.last_days:
+            warnings.append(f"split.last_days is {rule.last_days} but the log's days run only from {days[0].label} "
+                            f"to {days[-1].label}: {len(days)} evaluation day(s)")
+        warnings += window["warnings"]
+        users_used = np.union1d(beh["user_id"].unique(), smp["user_id"].unique())
+        items_used = np.union1d(beh["item_id"].unique(), smp["item_id"].unique())
+        items = derive_items(clean, items_used, item_features)
+        users = join_users(users_used, user_features) if user_features is not None else None
 
-    inputs = []
-    for i, p in enumerate(parts):
-        mine = fidx == i
-        n_in, n_q = len(p.frame), int((quarantine["source"] == p.source).sum())
-        row = {"file": p.source, "role": "log", "rows_in": n_in, "rows_stored": int((mine & used).sum()),
-               "rows_quarantined": n_q, "rows_unused": int((mine & ~used).sum()),
-               "rows_as_sample_only": int((mine & is_sample & ~is_beh).sum()),
-               "rows_as_behaviour_only": int((mine & is_beh & ~is_sample).sum()),
-               "rows_as_both": int((mine & is_beh & is_sample).sum())}
-        assert row["rows_in"] == row["rows_stored"] + row["rows_quarantined"] + row["rows_unused"], row
-        inputs.append(row)
-    for e in side_inputs or []:
-        if e["role"] == "items":
-            assert item_features is not None
-            inputs.append(side_accounting(e, item_features["item_id"].to_numpy(), items_used))
-        else:
-            assert user_features is not None
-            inputs.append(side_accounting(e, user_features["user_id"].to_numpy(), users_used))
+        inputs = []
+        for i, f in enumerate(log.files):
+            mine = fidx == i
+            row = {"file": f.source, "role": "log", "rows_in": f.rows_in, "rows_stored": int((mine & used).sum()),
+                   "rows_quarantined": f.quarantined, "rows_unused": int((mine & ~used).sum()),
+                   "rows_as_sample_only": int((mine & is_sample & ~is_beh).sum()),
+                   "rows_as_behaviour_only": int((mine & is_beh & ~is_sample).sum()),
+                   "rows_as_both": int((mine & is_beh & is_sample).sum())}
+            assert row["rows_in"] == row["rows_stored"] + row["rows_quarantined"] + row["rows_unused"], row
+            inputs.append(row)
+        for e in side_inputs or []:
+            if e["role"] == "items":
+                assert item_features is not None
+                inputs.append(side_accounting(e, item_features["item_id"].to_numpy(), items_used))
+            else:
+                assert user_features is not None
+                inputs.append(side_accounting(e, user_features["user_id"].to_numpy(), users_used))
 
-    matched = int(np.isin(items["item_id"], item_features["item_id"]).sum()) if item_features is not None else 0
-    item_rows = pd.concat([beh["item_id"], smp["item_id"]])
-    row_match = float(item_rows.isin(item_features["item_id"]).mean()) if item_features is not None else 0.0
-    manifest: dict[str, Any] = {
-        "name": name, "source": source, "n_shards": n_shards,
-        "counts": {"behaviours": len(beh), "samples": len(smp), "items": len(items),
-                   "users": len(users_used),
-                   "quarantined": len(quarantine) + sum(len(q) for q in side_quarantine or [])},
-        "eval_days": [asdict(d) for d in days],
-        "cross_features": cross_features, "sample_features": sample_features,
-        "user_features": [c for c in users.columns if c != "user_id"] if users is not None else [],
-        "split": {"rule": rule.text(), **{k: v for k, v in asdict(rule).items()
-                                          if k != "last_days" or rule.kind == "last_days"}},
-        "inputs": inputs,
-        "item_features_match": {"items": len(items), "matched": matched,
-                                "item_match_rate": matched / max(len(items), 1), "row_match_rate": row_match},
-        **(extra_manifest or {}),
-    }
-    if users is not None:
-        has = users.drop(columns="user_id").notna().any(axis=1)
-        manifest["user_features_match"] = {"users": len(users), "matched": int(has.sum()),
-                                           "user_match_rate": float(has.mean()) if len(users) else 0.0}
+        matched = int(np.isin(items["item_id"], item_features["item_id"]).sum()) if item_features is not None else 0
+        item_rows = pd.concat([beh["item_id"], smp["item_id"]])
+        row_match = float(item_rows.isin(item_features["item_id"]).mean()) if item_features is not None else 0.0
+        extra = extra_manifest() if callable(extra_manifest) else dict(extra_manifest or {})
+        manifest: dict[str, Any] = {
+            "name": name, "source": source, "n_shards": n_shards,
+            "counts": {"behaviours": len(beh), "samples": len(smp), "items": len(items),
+                       "users": len(users_used),
+                       "quarantined": sum(f.quarantined for f in log.files) + sum(len(q) for q in side_q)},
+            "eval_days": [asdict(d) for d in days],
+            "eval_window": window,
+            "warnings": warnings,
+            "validation": {"time_range": list(checks.time_range), "max_quarantine_share": checks.max_quarantine_share},
+            "cross_features": cross_features, "sample_features": sample_features,
+            "user_features": [c for c in users.columns if c != "user_id"] if users is not None else [],
+            "split": {"rule": rule.text(), **{k: v for k, v in asdict(rule).items()
+                                              if k != "last_days" or rule.kind == "last_days"}},
+            "inputs": inputs,
+            "item_features_match": {"items": len(items), "matched": matched,
+                                    "item_match_rate": matched / max(len(items), 1), "row_match_rate": row_match},
+            **extra,
+        }
+        if users is not None:
+            has = users.drop(columns="user_id").notna().any(axis=1)
+            manifest["user_features_match"] = {"users": len(users), "matched": int(has.sum()),
+                                               "user_match_rate": float(has.mean()) if len(users) else 0.0}
 
-    # Into a temporary sibling, renamed into place once complete: a kill leaves no dataset or a whole one.
-    with staged_dir(Path(out), overwrite) as root:
         for table, spec, frame, extras in ((BEHAVIOURS.name, BEHAVIOURS, beh, cross_features),
                                            (SAMPLES.name, SAMPLES, smp, sample_features)):
             w = ShardedWriter(root, spec, n_shards, extras={c: "float32" for c in extras})
@@ -342,9 +377,10 @@ def build_dataset(out: str | Path, *, name: str, source: str, parts: list[LogPar
         write_table(root / "items.parquet", items)
         if users is not None:
             write_table(root / "users.parquet", users)
-        allq = pd.concat([quarantine, *(side_quarantine or [])], ignore_index=True)
-        if len(allq) == 0:
-            allq = pd.DataFrame(columns=["source", "row", "reason"])
-        allq.to_csv(root / "quarantine.csv", index=False)
+        for q in side_q:
+            qw.write(q)
+        qw.close()
         write_manifest(root, manifest)
+    for w in warnings:
+        _warn(f"{out}: {w}")
     return Path(out)

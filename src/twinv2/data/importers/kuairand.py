@@ -48,7 +48,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from twinv2.data.importers.core import LogPart, SplitRule, build_dataset, require_numeric
+from twinv2.data.importers.core import SplitRule, build_dataset
+from twinv2.data.importers.validation import Checks, LogPart, require_numeric
 from twinv2.data.importers.reading import read_items, read_table, read_users
 from twinv2.data.storage import DAY_MS
 
@@ -68,6 +69,7 @@ CROSS_27K = ["is_follow", "is_comment", "is_forward", "long_view", "is_profile_e
 CROSS_1K = ["tab", "profile_stay_time", "comment_stay_time"]
 SAMPLE_1K = ["tab"]
 LAYOUTS = ("27k", "1k")
+IDS = ["user_id", "video_id"]  # read as text: parsed exactly as int64 by validation
 
 
 def _log_frame(raw: pd.DataFrame, ts: pd.Series | np.ndarray, extras: list[str]) -> pd.DataFrame:
@@ -81,7 +83,7 @@ def _log_frame(raw: pd.DataFrame, ts: pd.Series | np.ndarray, extras: list[str])
 def read_27k(path: Path) -> tuple[LogPart, dict[str, int]]:
     """The 27K subset as a LogPart, plus notes for the manifest."""
     need = ["user_id", "video_id", "date", "time_ms", "is_click", "play_time_ms", "duration_ms", *CROSS_27K]
-    raw = read_table(path, need, sep="\t")
+    raw = read_table(path, need, sep="\t", text_columns=IDS)
     require_numeric(raw, need, str(path))
     t = pd.to_numeric(raw["time_ms"], errors="coerce")
     bj_date = pd.to_datetime(t + BEIJING_HOURS * 3_600_000, unit="ms", errors="coerce").dt.strftime("%Y%m%d")
@@ -92,7 +94,7 @@ def read_27k(path: Path) -> tuple[LogPart, dict[str, int]]:
 def read_1k(path: Path) -> LogPart:
     """The 1K random sample as a LogPart with synthetic times (see the module docstring)."""
     need = ["user_id", "video_id", "is_click", "play_time_ms", "duration_ms", *CROSS_1K]
-    raw = read_table(path, need)
+    raw = read_table(path, need, text_columns=IDS)
     require_numeric(raw, need, str(path))
     n = len(raw)
     if n > DAY_MS:
@@ -104,9 +106,10 @@ def read_1k(path: Path) -> LogPart:
 
 
 def import_kuairand(src_dir: str | Path, out: str | Path, layout: str = "27k", n_shards: int = 4,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, max_quarantine_share: float = 0.5) -> Path:
     """Import a KuaiRand log (`layout` "27k" or "1k", see the module docstring) from `src_dir` into a dataset
-    directory at `out`, joined with the video and user feature files there; returns the dataset path."""
+    directory at `out`, joined with the video and user feature files there; returns the dataset path. A file
+    with more than `max_quarantine_share` of its rows quarantined stops the import (core.Checks)."""
     if layout not in LAYOUTS:
         raise ValueError(f"KuaiRand layout {layout!r} is not one of {LAYOUTS}")
     src = Path(src_dir)
@@ -132,4 +135,5 @@ def import_kuairand(src_dir: str | Path, out: str | Path, layout: str = "27k", n
     return build_dataset(out, name=f"kuairand-{layout}", source=f"KuaiRand {layout} layout from {src}",
                          parts=[part], rule=rule, cross_features=cross, sample_features=sample_feats,
                          n_shards=n_shards, overwrite=overwrite, item_features=items, user_features=users,
-                         side_quarantine=[iq, uq], side_inputs=side, extra_manifest=extra)
+                         side_quarantine=[iq, uq], side_inputs=side, extra_manifest=extra,
+                         checks=Checks(max_quarantine_share=max_quarantine_share, shown={"label": "is_click"}))
