@@ -86,7 +86,7 @@ void gsu_topk(int64_t b0, int64_t b1, int64_t L, int64_t D, const float *u, cons
         for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(work, k, i);
         float thr = key_score(work[0], L);
         for (int64_t l = k; l < L; l++) {
-            if (!(row[l] >= thr) && !(thr != thr)) continue; /* thr NaN: never (no NaN scores in practice) */
+            if (row[l] < thr) continue; /* false for NaN: a NaN is ranked by its key, as topk_exact's keys do */
             int64_t key = order_key(row[l], l, L);
             if (key > work[0]) {
                 work[0] = key;
