@@ -151,7 +151,7 @@ def test_fifo_queue_order_matches_algorithm_1(monkeypatch):
         # Part j of a set = its j-th block of consecutive members (in the set's current order).
         setid = np.repeat(np.arange(len(sizes)), sizes)
         pos = np.arange(len(rows)) - (np.cumsum(sizes) - sizes)[setid]
-        return pos * np.asarray(ks)[setid] // np.asarray(sizes)[setid], np.zeros((len(sizes), max(ks), x.shape[1]))
+        return pos * np.asarray(ks)[setid] // np.asarray(sizes)[setid], np.zeros((len(sizes), max(ks), x.shape[1] - 1))
 
     monkeypatch.setattr(hier, "lloyd_segments", fake)
     gamma, T = 7, 450

@@ -98,3 +98,15 @@ def test_errors(data):
     bad[5, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         virtual_items(labels, bad)
+
+
+def test_segment_sums_equal_reduceat_bit_for_bit():
+    from twinv2.offline.virtual_items import segment_sums
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(T, D)).astype(np.float32) * 1e3
+    rows = rng.permutation(T)[:120]  # a subset, in no particular order
+    starts = np.array([0, 1, 7, 30, 31, 100])  # segments of 1 to 69 rows
+    got = segment_sums(x, rows, starts)
+    assert got.dtype == np.float64 and got.shape == (6, D)
+    np.testing.assert_array_equal(got, np.add.reduceat(x[rows], starts, axis=0, dtype=np.float64))

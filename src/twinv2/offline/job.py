@@ -39,7 +39,8 @@ from twinv2.schema import MAX_TS_MS, MIN_TS_MS, completion_ratio
 
 ENGINES = ("local", "dask")
 # Settings that change the output; engine, workers, scheduler and threads do not.
-CLUSTERING_KEYS = ("gamma", "delta_exponent", "variant", "edges", "backend", "n_iter", "seed")
+CLUSTERING_KEYS = ("gamma", "delta_exponent", "variant", "edges", "backend", "n_iter", "max_points_per_centroid",
+                   "seed")
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,13 @@ class ClusterJobConfig:
         delta_exponent: adaptive branching δ = ⌊|V|^delta_exponent⌋ (paper: 0.3).
         variant: "adaptive" (TWIN-V2), "binary" or "balanced_binary" (Table 4's alternatives).
         edges: completion-ratio group edges (paper: five equal bins of [0, 1]).
-        backend: k-means implementation, "faiss" (default), "numpy" or "sklearn" (slow reference).
-        n_iter: Lloyd rounds per k-means call.
+        backend: k-means implementation, "numpy" (default), "faiss" or "sklearn" (slow reference).
+        n_iter: Lloyd rounds per k-means call (at most).
+        max_points_per_centroid: a set with more than δ times this many behaviours trains its k-means on a
+            random subsample of that size, then assigns every behaviour (faiss's rule); None = no subsample.
         seed: base seed; user u is clustered with hash(seed, u).
+        The defaults of backend (numpy, was faiss) and max_points_per_centroid (256, was None) and the
+        measurements behind them are documented on hierarchical.HierarchicalClusterer.
     Execution (does not change the result):
         engine: "local" (process pool on this machine) or "dask".
         workers: processes (local) or Dask workers started by a LocalCluster; 0 = one per CPU core
@@ -67,8 +72,9 @@ class ClusterJobConfig:
     delta_exponent: float = 0.3
     variant: str = "adaptive"
     edges: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
-    backend: str = "faiss"
+    backend: str = "numpy"
     n_iter: int = 20
+    max_points_per_centroid: int | None = 256
     seed: int = 0
     engine: str = "local"
     workers: int = 0
@@ -76,11 +82,8 @@ class ClusterJobConfig:
     threads_per_worker: int = 1
 
     def __post_init__(self) -> None:
-        from twinv2.offline.hierarchical import HierarchicalClusterer
-
         # The clusterer validates the algorithm's settings and names the offending value.
-        HierarchicalClusterer(gamma=self.gamma, delta_exponent=self.delta_exponent, variant=self.variant,
-                              edges=self.edges, backend=self.backend, n_iter=self.n_iter, seed=self.seed)
+        self.clusterer(self.seed)
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
@@ -102,7 +105,8 @@ class ClusterJobConfig:
         from twinv2.offline.hierarchical import HierarchicalClusterer
 
         return HierarchicalClusterer(gamma=self.gamma, delta_exponent=self.delta_exponent, variant=self.variant,
-                                     edges=self.edges, backend=self.backend, n_iter=self.n_iter, seed=seed)
+                                     edges=self.edges, backend=self.backend, n_iter=self.n_iter,
+                                     max_points_per_centroid=self.max_points_per_centroid, seed=seed)
 
 
 def user_seed(seed: int, user_id: int) -> int:

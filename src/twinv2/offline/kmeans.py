@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .lloyd import item_keys, lloyd_segments, seed_kmeanspp
+from .lloyd import augment, item_keys, lloyd_segments, seed_kmeanspp
 
 BACKENDS = ("faiss", "numpy", "sklearn")
 INITS = ("random", "k-means++")
@@ -105,7 +105,7 @@ def kmeans(
     else:
         keys = item_keys(seed, np.arange(n))
         labels, cents = lloyd_segments(
-            x, np.arange(n), np.array([n]), np.array([k]), keys, n_iter, init, max_points_per_centroid
+            augment(x), np.arange(n), np.array([n]), np.array([k]), keys, n_iter, init, max_points_per_centroid
         )
         cent = cents[0, :k]
     labels, nonempty = consecutive(labels, k)
