@@ -58,20 +58,24 @@ def _build() -> ctypes.CDLL | bool:
     src = SOURCE.read_bytes()
     key = hashlib.sha256(src + " ".join(FLAGS).encode() + _cpu_id().encode() + cc.encode()).hexdigest()[:16]
     so = _cache_dir() / f"gsu_kernel-{key}.so"
-    if not so.exists():
-        try:
+    tmp = None
+    try:
+        if not so.exists():
             so.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)  # a concurrent build never reads half a file
             os.close(fd)
             subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], check=True, capture_output=True,
                            timeout=120)
             os.replace(tmp, so)
-        except (OSError, subprocess.SubprocessError) as e:
-            err = getattr(e, "stderr", b"") or b""
-            print(f"twinv2: the native GSU kernel did not build ({e}; {err.decode(errors='replace')[-300:]}); "
-                  f"using the torch path", file=sys.stderr)
-            return False
-    lib = ctypes.CDLL(str(so))
+        lib = ctypes.CDLL(str(so))
+    except (OSError, subprocess.SubprocessError) as e:
+        err = getattr(e, "stderr", b"") or b""
+        print(f"twinv2: the native GSU kernel did not build or load ({e}; {err.decode(errors='replace')[-300:]}); "
+              f"using the torch path", file=sys.stderr)
+        return False
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     lib.gsu_topk.restype = None
     lib.gsu_topk.argtypes = [I64, I64, I64, I64, P, P, P, I64, P, P, P, P, I64, P, P, P]
     return lib
