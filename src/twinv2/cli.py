@@ -182,11 +182,8 @@ def _check_run_folder(out: Path, model: str, overwrite: bool) -> None:
         return
     manifest = out / "manifest.json"
     if manifest.is_file():
-        try:
-            fmt = json.loads(manifest.read_text()).get("format")
-        except (OSError, ValueError, AttributeError):
-            fmt = None
-        if isinstance(fmt, str) and fmt.startswith("twinv2-") and not overwrite:
+        fmt = _json_str(manifest, "format")
+        if fmt and fmt.startswith("twinv2-") and not overwrite:
             raise ValueError(f"--out {out} is a twinv2 {fmt[len('twinv2-'):]} folder (manifest.json format "
                              f"{fmt!r}); a run would write its checkpoint and predictions among the data: choose "
                              f"another --out (or --overwrite to write there anyway)")
@@ -202,17 +199,21 @@ def _check_run_folder(out: Path, model: str, overwrite: bool) -> None:
             p.unlink(missing_ok=True)
 
 
+def _json_str(path: Path, key: str) -> str | None:
+    """The string at `key` of the JSON object in `path`; None when the file, the key or a string is missing."""
+    try:
+        v = json.loads(path.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return v if isinstance(v, str) else None
+
+
 def _run_model(out: Path) -> str | None:
     """The model of the run in `out`, from its metrics.json or else its checkpoint (a run killed before its
     last day has only the checkpoint); None when there is no run there."""
-    mj = out / "metrics.json"
-    if mj.is_file():
-        try:
-            m = json.loads(mj.read_text()).get("model")
-        except (OSError, ValueError, AttributeError):
-            m = None
-        if isinstance(m, str):
-            return m
+    m = _json_str(out / "metrics.json", "model")
+    if m is not None:
+        return m
     ck = out / "checkpoint.pt"
     if ck.is_file():
         from twinv2.train.checkpoint import load_checkpoint

@@ -33,7 +33,7 @@ SOURCE = Path(__file__).with_name("gsu_kernel.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c99"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
-_pool: ThreadPoolExecutor | None = None
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (its workers, the pool)
 P, I64 = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -129,9 +129,9 @@ def gsu_topk(u: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, cross: to
         return idx, out
     global _pool
     with _lock:
-        if _pool is None or _pool._max_workers < n:
-            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="twinv2-gsu")
+        if _pool is None or _pool[0] < n:
+            _pool = (n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="twinv2-gsu"))
     cuts = [B * i // n for i in range(n + 1)]
-    for f in [_pool.submit(run, i, cuts[i], cuts[i + 1]) for i in range(n)]:
+    for f in [_pool[1].submit(run, i, cuts[i], cuts[i + 1]) for i in range(n)]:
         f.result()
     return idx, out
