@@ -95,13 +95,15 @@ def test_unknown_user_is_an_empty_life_cycle(scorer, request_ts, known_items):
         np.testing.assert_allclose(r.logits, mv.model(batch).numpy(), atol=TOL)
 
 
-def test_requests_before_the_snapshot_or_outside_2000_2100_are_refused(scorer, tiny_snapshot, known_items):
+def test_requests_before_the_snapshot_are_refused_and_any_later_year_is_scored(scorer, tiny_snapshot, known_items):
     snap_ts = ClusterSnapshot(tiny_snapshot).snapshot_ts
-    with pytest.raises(ValueError, match="before the served cluster snapshot"):
+    with pytest.raises(ValueError, match="before the served cluster snapshot") as e:
         scorer.score(1, known_items[:3], snap_ts - 1)
-    with pytest.raises(ValueError, match="epoch time in milliseconds"):
-        scorer.score(1, known_items[:3], snap_ts // 1000)  # seconds, not ms
+    assert "seconds instead of ms" not in str(e.value)
+    with pytest.raises(ValueError, match="seconds instead of ms"):
+        scorer.score(1, known_items[:3], snap_ts // 1000 + 1)  # seconds, not ms
     assert scorer.score(1, [], snap_ts).scores.shape == (0,)
+    assert scorer.score(1, known_items[:3], 5_000_000_000_000).scores.shape == (3,)  # the year 2128
 
 
 def test_users_beyond_seq_len_keep_their_latest_clusters_as_offline(tmp_path):

@@ -33,9 +33,10 @@ import numpy as np
 
 from twinv2.config import to_dict
 from twinv2.data.csr import cuts_before
+from twinv2.data.dirs import failpoint
 from twinv2.data.storage import Dataset, part_name
 from twinv2.offline import store
-from twinv2.schema import MAX_TS_MS, MIN_TS_MS, completion_ratio
+from twinv2.schema import completion_ratio
 
 ENGINES = ("local", "dask")
 # Settings that change the output; engine, workers, scheduler and threads do not.
@@ -265,6 +266,7 @@ def resolve_embeddings(embeddings: Path, root: Path, out_dir: Path, stamp: dict[
     np.save(tmp / "vectors.npy", vectors)
     np.save(tmp / "unknown.npy", unknown)
     (tmp / "stamp.json").write_text(json.dumps(stamp))
+    failpoint("cluster-resolved")
     shutil.rmtree(d, ignore_errors=True)
     os.replace(tmp, d)
     return d
@@ -400,7 +402,9 @@ def cluster_shard(task: ShardTask, report: Callable[[int, int], None] | None = N
                 if report is not None and time.perf_counter() - last_report > 0.5:
                     report(task.shard, done_users)
                     done_users, last_report = 0, time.perf_counter()
+            failpoint("cluster-part")
             digest = writer.close()
+            failpoint("cluster-part-written")  # in place, not yet in the manifest: a rerun must redo it
         except BaseException:
             writer.abort()
             raise
@@ -459,18 +463,19 @@ def run_cluster_job(dataset: str | Path, snapshot_before: int, embeddings: str |
         raise TypeError(f"cfg must be a ClusterJobConfig, got {type(cfg).__name__}")
     if isinstance(snapshot_before, bool) or not isinstance(snapshot_before, (int, np.integer)):
         raise TypeError(f"snapshot_before must be an integer epoch time in ms, got {snapshot_before!r}")
-    if not MIN_TS_MS <= int(snapshot_before) <= MAX_TS_MS:
-        raise ValueError(f"snapshot_before {snapshot_before} is not an epoch time in milliseconds between "
-                         f"{MIN_TS_MS} (2000) and {MAX_TS_MS} (2100); seconds instead of ms?")
     snapshot_ts = int(snapshot_before)
     ds = Dataset(dataset)
+    lo, hi = ds.time_range_ms  # the times its import accepted (any year; 2000..2100 by default)
+    if not lo <= snapshot_ts <= hi:
+        raise ValueError(f"snapshot_before {snapshot_ts} is outside the dataset's time range [{lo}, {hi}] "
+                         f"(epoch ms){'; seconds instead of ms?' if lo <= snapshot_ts * 1000 <= hi else ''}")
     root = ds.root.resolve()
     emb_path = Path(embeddings) if embeddings is not None else root / "embeddings" / "item_embeddings.parquet"
     if not emb_path.exists():
         raise FileNotFoundError(f"embeddings not found: {emb_path} (make them with `twinv2 embed`)")
     out_dir = resolve_snapshot_dir(root, out if out is not None else snapshot_name(snapshot_ts))
     out_dir.mkdir(parents=True, exist_ok=True)
-    with engines.lock(out_dir):
+    with engines.lock(out_dir) as lock_fd:
         header = {
             "dataset": str(root),
             "n_shards": ds.n_shards,
@@ -486,17 +491,23 @@ def run_cluster_job(dataset: str | Path, snapshot_before: int, embeddings: str |
             if diff:
                 raise ValueError(f"{out_dir} holds a snapshot made with different {diff}; pass another `out` "
                                  f"or delete the folder")
-        for p in out_dir.glob("part-*.parquet.tmp-*"):  # left by a killed run; the lock says none is running
+        # Left by a killed run; the lock says none is running (its workers hold it too: engines.lock).
+        for p in out_dir.glob("part-*.parquet.tmp-*"):
             p.unlink()
+        for p in out_dir.glob(f"{RESOLVED}.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
         base = _base_parts(root, base_snapshot, header) if base_snapshot is not None else {}
         shards = old.get("shards", {}) if old else {}
         fingerprints = {s: input_fingerprint(ds.csr(s), snapshot_ts) for s in range(ds.n_shards)}
         done = [s for s in range(ds.n_shards) if store.shard_is_done(out_dir, old, s, fingerprints[s])]
         shards = {str(s): shards[str(s)] for s in done}
         todo = [s for s in range(ds.n_shards) if s not in done]
+        for s in todo:  # a part the manifest does not vouch for (a killed run's, finished after its job died)
+            (out_dir / part_name(s)).unlink(missing_ok=True)
         manifest = {**header, "complete": not todo, "shards": shards,
                     "base_snapshot": str(resolve_snapshot_dir(root, base_snapshot)) if base_snapshot else None}
         store.write_manifest(out_dir, manifest)
+        failpoint("cluster-started")
         resolved = ""
         if todo:
             stamp = {"embeddings": header["embeddings"]["sha256"], "items": header["items_sha256"]}
@@ -514,9 +525,10 @@ def run_cluster_job(dataset: str | Path, snapshot_before: int, embeddings: str |
             manifest["shards"][str(stats["shard"])] = stats
             manifest["complete"] = len(manifest["shards"]) == ds.n_shards
             store.write_manifest(out_dir, manifest)
+            failpoint("cluster-recorded")
 
         results = engines.run(tasks, cfg, users, finished, progress, work=cluster_shard,
-                              init_worker=_init_worker) if tasks else []
+                              init_worker=_init_worker, hold=(lock_fd,)) if tasks else []
         manifest["last_run"] = {
             "skipped_shards": sorted(done),
             "done_shards": sorted(r["shard"] for r in results),
@@ -527,6 +539,7 @@ def run_cluster_job(dataset: str | Path, snapshot_before: int, embeddings: str |
         }
         manifest["complete"] = len(manifest["shards"]) == ds.n_shards
         store.write_manifest(out_dir, manifest)
+        failpoint("cluster-finished")
         if manifest["complete"]:  # only workers read it; a resumed run rebuilds it
             shutil.rmtree(out_dir / RESOLVED, ignore_errors=True)
     if progress:

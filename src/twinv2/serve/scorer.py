@@ -22,7 +22,6 @@ import torch
 
 from twinv2.models.batch import Seq
 from twinv2.models.embeddings import ItemVocab
-from twinv2.schema import MAX_TS_MS, MIN_TS_MS
 from twinv2.serve.projections import ProjectionCache
 from twinv2.serve.store import ClusterStore, UserClusters
 from twinv2.train.batching import latest_by_time
@@ -112,18 +111,17 @@ class Scorer:
         """Click probabilities of `items` (raw ids) for `user_id` at `ts` (epoch ms; default now); `user`: the
         user-feature bucket ids (F,) when the model reads user features.
 
-        Raises ValueError for a time outside 2000..2100 or before the served snapshot (its clusters would hold
-        behaviours from after the request: a leak).
+        Raises ValueError for a time before the served snapshot (its clusters would hold behaviours from after
+        the request: a leak). Any year is accepted otherwise: imported logs start in any year.
         """
         mv = self.cache.current  # the one model version of this request
         uc = self.store.get(user_id)  # the one snapshot version of this request
         ts = int(time.time() * 1000) if ts is None else int(ts)
-        if not MIN_TS_MS <= ts <= MAX_TS_MS:
-            raise ValueError(f"ts {ts} is not an epoch time in milliseconds between {MIN_TS_MS} and {MAX_TS_MS}")
         snap_ts = self.snapshot_ts(uc.version)
-        if ts < snap_ts:
+        if ts < snap_ts:  # also what catches seconds given for ms: any year's snapshot is in ms
+            hint = "; seconds instead of ms?" if 0 < ts < snap_ts // 100 <= ts * 1000 else ""
             raise ValueError(f"ts {ts} is before the served cluster snapshot ({snap_ts}, version {uc.version}): "
-                             f"its clusters may hold behaviours from after the request")
+                             f"its clusters may hold behaviours from after the request{hint}")
         ids = np.asarray(items, dtype=np.int64).reshape(-1)
         cand = mv.vocab.rows(ids)
         inp = cluster_inputs(uc, ts, mv.vocab, mv.seq_len)
