@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twinv2.data.csr import BehaviourCSR
-from twinv2.data.storage import Dataset, ShardedWriter, eval_days, prepare_dir, shard_of, write_manifest
+from twinv2.data.csr import BehaviourCSR, concat_ranges
+from twinv2.data.storage import (Dataset, ShardedWriter, eval_days, prepare_dir, shard_of, warmup_days,
+                                 write_manifest)
 from twinv2.schema import BEHAVIOURS, DataError
 
 T0 = 1_650_000_000_000
@@ -155,3 +156,19 @@ def test_eval_days_are_consecutive_and_hour_23_is_test():
     assert days[0].end_ms - days[0].test_start_ms == 3_600_000
     manifest = json.loads(json.dumps([d.__dict__ for d in days]))
     assert manifest[0]["label"] == days[0].label
+
+
+def test_concat_ranges_lists_each_range_in_turn_and_skips_empty_ones():
+    got = concat_ranges(np.array([5, 0, 9, 2]), np.array([3, 0, 1, 2]))
+    assert got.tolist() == [5, 6, 7, 9, 2, 3] and got.dtype == np.int64
+    assert concat_ranges(np.zeros(0, np.int64), np.zeros(0, np.int64)).tolist() == []
+
+
+def test_eval_day_masks_split_a_day_into_hours_0_22_and_23():
+    (day,) = eval_days(1_712_534_400_000, 1)
+    hour = 3_600_000
+    ts = day.start_ms + np.array([-1, 0, 23 * hour - 1, 23 * hour, 24 * hour - 1, 24 * hour])
+    assert day.train_mask(ts).tolist() == [False, True, True, False, False, False]
+    assert day.test_mask(ts).tolist() == [False, False, False, True, True, False]
+    (warm,) = warmup_days(day.end_ms, 1)  # the same day as a warm-up day: every hour trains, none tests
+    assert warm.train_mask(ts).tolist() == [False, True, True, True, True, False] and not warm.test_mask(ts).any()

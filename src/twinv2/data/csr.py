@@ -59,6 +59,16 @@ def cuts_before(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray, before) ->
         hi = np.where(active & ~below, mid, hi)
 
 
+def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Row numbers of the ranges [starts[i], starts[i] + lengths[i]) one after another: one gather then reads
+    many users' slices of a CSR column at once. (sum(lengths),) int64"""
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    first = np.cumsum(lengths) - lengths  # where each range begins in the output
+    return np.repeat(starts - first, lengths) + np.arange(total, dtype=np.int64)
+
+
 @dataclass
 class BehaviourCSR:
     user_ids: np.ndarray  # (U,) int64, sorted, unique

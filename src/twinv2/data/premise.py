@@ -122,7 +122,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def _test_mask(ds: Dataset, ts: np.ndarray) -> np.ndarray:
     m = np.zeros(len(ts), dtype=bool)
     for d in ds.eval_days:
-        m |= (ts >= d.test_start_ms) & (ts < d.end_ms)
+        m |= d.test_mask(ts)
     return m
 
 

@@ -79,6 +79,18 @@ class EvalDay:
     def test_start_ms(self) -> int:
         return self.start_ms + 23 * HOUR_MS
 
+    def train_mask(self, ts: np.ndarray) -> np.ndarray:
+        """Which of the times `ts` are this day's training samples: [start_ms, test_start_ms). The one split
+        rule of the protocol (the trainer and `twinv2 export` both ask it). (n,) bool"""
+        t = np.asarray(ts)
+        return (t >= self.start_ms) & (t < self.test_start_ms)
+
+    def test_mask(self, ts: np.ndarray) -> np.ndarray:
+        """Which of the times `ts` are this day's test samples: [test_start_ms, end_ms), hour 23 (none for a
+        warm-up day). (n,) bool"""
+        t = np.asarray(ts)
+        return (t >= self.test_start_ms) & (t < self.end_ms)
+
 
 def eval_days(first_day_start_ms: int, n_days: int = 5) -> list[EvalDay]:
     """`n_days` consecutive days starting at `first_day_start_ms` (a day boundary in the data's own clock)."""

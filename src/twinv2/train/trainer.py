@@ -187,7 +187,7 @@ class StreamingTrainer:
     def _warmup_day(self, day: WarmupDay, samples: pd.DataFrame) -> dict[str, Any]:
         """One pass over a train-only warm-up day (every hour trains, none is tested), with the same
         snapshot rule and per-day subsample as an evaluation day's training hours."""
-        train = self._enter_day(day, samples[(samples["ts"] >= day.start_ms) & (samples["ts"] < day.end_ms)],
+        train = self._enter_day(day, samples[day.train_mask(samples["ts"])],  # every hour: no test hour
                                 [self.cfg.seed, day.index, 1])  # 3 words: never an evaluation day's subsample
         stats = self.train_day(train, f"{self.cfg.model} warm-up {day.label}")
         return {"day": day.index, "label": day.label, "n_train": len(train), **stats}
@@ -196,16 +196,14 @@ class StreamingTrainer:
         samples = self.ds.samples()
         days = self.ds.eval_days
         first = (self.ds.warmup_days or days)[0]  # the logit's bias from the first training hours' click rate
-        head = samples[(samples["ts"] >= first.start_ms) & (samples["ts"] < first.test_start_ms)]
+        head = samples[first.train_mask(samples["ts"])]
         if len(head):
             self.model.start_base_rate(float(head["label"].mean()))
         warmup = [self._warmup_day(d, samples) for d in self.ds.warmup_days]  # train-only days, in time order
         results, kept, pooled = [], [], ([], [])
         for day in days:
-            in_day = (samples["ts"] >= day.start_ms) & (samples["ts"] < day.end_ms)
-            train = self._enter_day(day, samples[in_day & (samples["ts"] < day.test_start_ms)],
-                                    [self.cfg.seed, day.index])
-            test = samples[in_day & (samples["ts"] >= day.test_start_ms)]
+            train = self._enter_day(day, samples[day.train_mask(samples["ts"])], [self.cfg.seed, day.index])
+            test = samples[day.test_mask(samples["ts"])]
             tag = f"{self.cfg.model} day {day.index + 1}/{len(days)}"
             for p in range(self.cfg.passes_per_day):
                 stats = self.train_day(train, tag + " train" + (f" pass {p + 1}" if p else ""))
