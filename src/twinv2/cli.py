@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -102,6 +101,20 @@ def cmd_stats(a: argparse.Namespace) -> int:
     if a.plot:
         for p in plot_stats(ds, stats, Path(a.plot)):
             print(f"wrote {p}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    import json as _json
+
+    from twinv2.train.export import export_dataset
+
+    root = export_dataset(a.dataset, a.out, a.format, max_len=a.max_len, overwrite=a.overwrite,
+                          progress=not a.quiet)
+    counts = _json.loads((root / "manifest.json").read_text())["counts"]
+    print(f"exported {counts['train']} train, {counts['valid']} valid, {counts['test']} test samples "
+          f"({a.format}, max_len {a.max_len})")
+    print(f"wrote {a.format} export to {root}")
     return 0
 
 
@@ -345,6 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     s.set_defaults(func=cmd_stats)
 
+    xp = sub.add_parser("export", help="write a dataset's samples and histories for other frameworks (FuxiCTR "
+                        "LongCTR, or plain per-sample sequences)")
+    xp.add_argument("dataset")
+    xp.add_argument("--format", required=True, metavar="FORMAT", help="longctr (FuxiCTR LongCTR's user_info / "
+                    "item_info / train / valid / test layout) | sequences (one row per sample, history inline)")
+    xp.add_argument("--out", required=True, help="export folder (written beside it, then renamed into place)")
+    xp.add_argument("--max-len", type=int, default=1000, help="history cap per sample, latest behaviours kept "
+                    "(sequences: the lists; longctr: stores whole sequences and writes this into its config; "
+                    "default 1000)")
+    xp.add_argument("--overwrite", action="store_true", help="replace an earlier export there (only one holding "
+                    "nothing but its own files)")
+    xp.add_argument("--quiet", action="store_true", help="no progress bar (the lines naming the output stay)")
+    xp.set_defaults(func=cmd_export)
+
     e = sub.add_parser("embed", help="train item embeddings K_s on the logs before the evaluation days")
     e.add_argument("dataset")
     e.add_argument("--out", help="output table (default: DATASET/embeddings/item_embeddings.parquet)")
@@ -453,12 +480,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if hasattr(signal, "SIGPIPE"):  # `twinv2 stats D | head` ends quietly, like any Unix tool
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        rc = func(args)
+        sys.stdout.flush()  # here, not at exit, so that a reader gone away is caught below
+        return rc
+    except BrokenPipeError:
+        # `twinv2 stats D | head`: the reader left; end quietly, like any Unix tool. Not by restoring SIGPIPE's
+        # default action (it was): that killed the process at a write to any dead pipe, a pool's queue to its
+        # killed workers included, with no message (issue 14). Python's docs, signal, "Note on SIGPIPE".
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what the shell reported before
     except (DataError, ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"twinv2: error: {e}", file=sys.stderr)
         return 2

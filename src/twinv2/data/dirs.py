@@ -20,7 +20,7 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from twinv2.data.checksum import MARKER
 
@@ -114,9 +114,11 @@ def _describe(entries: list[str], n: int = 6) -> str:
     return ", ".join(entries[:n]) + more
 
 
-def check_replaceable(root: Path, overwrite: bool) -> None:
+def check_replaceable(root: Path, overwrite: bool, owned: Callable[[Path], list[str] | None] | None = None,
+                      kind: str = "dataset") -> None:
     """Raise FileExistsError unless `root` is absent, empty, or (with `overwrite`) a dataset holding only what
-    twinv2 wrote."""
+    twinv2 wrote. `owned` (default `foreign_entries`) lists what twinv2 did not write in a folder of another
+    kind (e.g. an export folder), None when the folder is not of that kind at all; `kind` names it."""
     root = Path(root)
     if not root.exists():
         return
@@ -126,10 +128,10 @@ def check_replaceable(root: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise FileExistsError(f"{root} exists and is not empty; pass --overwrite to replace it")
-    foreign = foreign_entries(root)
+    foreign = (owned or foreign_entries)(root)
     if foreign is None:
         names = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
-        raise FileExistsError(f"{root} is not a twinv2 dataset (no {MANIFEST}); refusing to delete it "
+        raise FileExistsError(f"{root} is not a twinv2 {kind} (no {MANIFEST}); refusing to delete it "
                               f"(it holds {_describe(names)}); delete it yourself or choose another --out")
     if foreign:
         raise FileExistsError(f"{root} holds entries twinv2 did not write: {_describe(foreign)}; refusing to "
@@ -178,6 +180,22 @@ def clean_leftovers(target: Path) -> list[Path]:
     return removed
 
 
+def clean_dead_temps(path: Path) -> list[Path]:
+    """Delete the temporary files `NAME.tmpPID` beside `path` that writers killed before their rename left
+    (those of live processes are kept): a per-process name never gets overwritten by the next run."""
+    path = Path(path)
+    pat = re.compile(re.escape(path.name) + r"\.tmp(\d+)")
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for p in path.parent.iterdir():
+        mt = pat.fullmatch(p.name)
+        if mt and p.is_file() and not _pid_alive(int(mt[1])):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
     if not sys.platform.startswith("linux"):
@@ -195,7 +213,8 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
+def _commit(tmp: Path, target: Path, overwrite: bool, owned: Callable[[Path], list[str] | None] | None,
+            kind: str) -> None:
     failpoint("commit")
     if target.is_dir() and not any(target.iterdir()):
         os.replace(tmp, target)  # rename(2) replaces an empty folder in one step
@@ -203,7 +222,7 @@ def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
     if not target.exists():
         os.rename(tmp, target)
         return
-    check_replaceable(target, overwrite)  # again: something may have arrived while we wrote
+    check_replaceable(target, overwrite, owned, kind)  # again: something may have arrived while we wrote
     if _exchange(tmp, target):
         failpoint("exchanged")
         shutil.rmtree(tmp)  # now the old dataset
@@ -216,15 +235,16 @@ def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
 
 
 @contextmanager
-def staged_dir(out: str | Path, overwrite: bool) -> Iterator[Path]:
+def staged_dir(out: str | Path, overwrite: bool, owned: Callable[[Path], list[str] | None] | None = None,
+               kind: str = "dataset") -> Iterator[Path]:
     """A fresh temporary folder beside `out` to write a whole dataset into; on a clean exit it becomes `out`
     (replacing an existing dataset only with `overwrite`), on an exception it is removed. `out` is checked
-    before anything is written, so a refusal costs nothing."""
+    before anything is written, so a refusal costs nothing. `owned` / `kind`: see `check_replaceable`."""
     target = Path(out)
     if target.is_symlink():
         target = target.resolve()  # replace the folder the link names, keep the link
     target = target.absolute()
-    check_replaceable(target, overwrite)
+    check_replaceable(target, overwrite, owned, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(target)
     tmp = _sibling(target, "tmp")
@@ -232,7 +252,7 @@ def staged_dir(out: str | Path, overwrite: bool) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        _commit(tmp, target, overwrite)
+        _commit(tmp, target, overwrite, owned, kind)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

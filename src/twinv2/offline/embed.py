@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from twinv2.config import to_dict
 from twinv2.data.csr import cuts_before
+from twinv2.data.dirs import clean_dead_temps, failpoint
 from twinv2.data.storage import Dataset, json_default
 from twinv2.models.embeddings import ItemEmbedding, ItemVocab
 
@@ -222,11 +223,14 @@ class EmbeddingTable:
         if path.suffix != ".parquet":
             raise ValueError(f"{path}: embedding tables are saved as Parquet; use a .parquet file name")
         path.parent.mkdir(parents=True, exist_ok=True)
+        side = path.with_suffix(".json")
+        for p in (path, side):
+            clean_dead_temps(p)  # a killed save's
         cols = {"item_id": pa.array(self.item_ids)}
         cols.update({f"e{d}": pa.array(self.vectors[:, d]) for d in range(self.dim)})
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         pq.write_table(pa.table(cols), tmp, compression="zstd")
-        side = path.with_suffix(".json")
+        failpoint("embed-save")
         side_tmp = side.with_name(side.name + f".tmp{os.getpid()}")
         body = {"n_items": len(self), "dim": self.dim, "source": self.source, "meta": self.meta}
         side_tmp.write_text(json.dumps(body, indent=2, sort_keys=True, default=json_default) + "\n")

@@ -4,6 +4,10 @@ process pool, or a Dask cluster.
 All engines call the same pure per-shard function and users are seeded by hash(seed, user_id), so they write
 the same bytes. The job passes its functions in (`work`, `init_worker`), so this module does not import it. The caller's `finished(stats)` runs in this process as each shard completes (it records the
 shard in the manifest); progress is a tqdm bar over users with users/s and ETA.
+
+The local pool's workers (and so its forkserver) die with the job and hold its lock while they live
+(data/lifeline.py): a killed job leaves no process behind, and no part is written once the lock is free.
+Only parts whose stats reached `finished` are ever in the manifest; a rerun redoes and replaces the others.
 """
 
 from __future__ import annotations
@@ -14,26 +18,39 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from twinv2.data.lifeline import Lifeline
+from twinv2.schema import DataError
+
 
 @contextlib.contextmanager
-def lock(out_dir: Path) -> Iterator[None]:
-    """Exclusive lock on a snapshot folder for the job's lifetime; the OS drops it if the job is killed."""
+def lock(out_dir: Path, wait_s: float = 2.0) -> Iterator[int]:
+    """Exclusive lock on a snapshot folder for the job's lifetime; yields the lock file's descriptor, which the
+    job's pool workers hold too (data/lifeline.py), so the OS drops the lock only once the job and every worker
+    are gone, however they end. A held lock is waited for up to `wait_s` seconds: the workers of a job killed a
+    moment ago take a few milliseconds to die."""
     f = open(Path(out_dir) / ".lock", "a+")
     try:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another clustering job is writing {out_dir}; wait for it or pick another "
-                               f"`out`") from None
-        yield
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DataError(f"another clustering job is writing {out_dir}; wait for it or pick another "
+                                    f"`out`") from None
+                time.sleep(0.05)
+        yield f.fileno()
     finally:
         f.close()
 
@@ -43,11 +60,13 @@ def n_workers(cfg: Any, n_tasks: int) -> int:
 
 
 def run(tasks: list[Any], cfg: Any, users: dict[int, int], finished: Callable[[dict[str, Any]], None],
-        progress: bool, work: Callable[..., dict[str, Any]], init_worker: Callable[[Any], None]) -> list[dict[str, Any]]:
+        progress: bool, work: Callable[..., dict[str, Any]], init_worker: Callable[[Any], None],
+        hold: tuple[int, ...] = ()) -> list[dict[str, Any]]:
     """Run `work(task)` for every task (a picklable module-level function; `work(task, report=fn)` inline,
     where `report(shard, users_done)` feeds the bar; pool workers run `init_worker(queue)` first and report
-    through the queue). `cfg` is the job's config (engine, workers, scheduler). Returns the tasks' stats in
-    completion order."""
+    through the queue). `cfg` is the job's config (engine, workers, scheduler). Local pool workers die with
+    this process and keep the descriptors `hold` (the job's lock) open while they live. Returns the tasks'
+    stats in completion order."""
     bar = tqdm(total=sum(users.values()), unit="user", desc="clustering", disable=not progress,
                smoothing=0.05, file=sys.stderr, dynamic_ncols=True)
     try:
@@ -55,7 +74,7 @@ def run(tasks: list[Any], cfg: Any, users: dict[int, int], finished: Callable[[d
             return _run_dask(tasks, cfg, users, finished, bar, work)
         if n_workers(cfg, len(tasks)) == 1:
             return _run_inline(tasks, finished, bar, work)
-        return _run_pool(tasks, cfg, users, finished, bar, work, init_worker)
+        return _run_pool(tasks, cfg, users, finished, bar, work, init_worker, hold)
     finally:
         bar.close()
 
@@ -79,7 +98,7 @@ def _context(work):
     return mp.get_context("spawn")
 
 
-def _run_pool(tasks, cfg, users, finished, bar, work, init_worker) -> list[dict[str, Any]]:
+def _run_pool(tasks, cfg, users, finished, bar, work, init_worker, hold) -> list[dict[str, Any]]:
     ctx = _context(work)
     q = ctx.Queue()
     reported = {t.shard: 0 for t in tasks}
@@ -96,32 +115,41 @@ def _run_pool(tasks, cfg, users, finished, bar, work, init_worker) -> list[dict[
                 bar.update(k)
 
     out = []
-    ex = ProcessPoolExecutor(max_workers=n_workers(cfg, len(tasks)), mp_context=ctx,
-                             initializer=init_worker, initargs=(q,))
-    try:
-        futs = {ex.submit(work, t): t.shard for t in tasks}
-        pending = set(futs)
-        while pending:
-            done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-            drain()
-            for f in done:
-                shard = futs[f]
-                try:
-                    stats = f.result()
-                except Exception as e:
-                    raise RuntimeError(f"clustering shard {shard} failed: {e}") from e
-                closed.add(shard)
-                bar.update(users[shard] - reported[shard])
-                finished(stats)
-                out.append(stats)
-    except BaseException:
-        # Do not wait for running shards: their files are not in the manifest, so a rerun redoes them.
-        ex.shutdown(wait=False, cancel_futures=True)
-        raise
-    else:
-        ex.shutdown(wait=True)
-    finally:
-        q.close()
+    with Lifeline(hold) as line:
+        init, initargs = line.initializer(init_worker, (q,))
+        ex = ProcessPoolExecutor(max_workers=n_workers(cfg, len(tasks)), mp_context=ctx, initializer=init,
+                                 initargs=initargs)
+        try:
+            futs = {ex.submit(work, t): t.shard for t in tasks}
+            pending = set(futs)
+            while pending:
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                drain()
+                for f in done:
+                    shard = futs[f]
+                    try:
+                        stats = f.result()
+                    except BrokenProcessPool:
+                        raise RuntimeError(f"a clustering worker process died (killed, or out of memory?) while "
+                                           f"shard {shard} was pending; the shards already finished are kept: "
+                                           f"run the same command again to resume") from None
+                    except Exception as e:
+                        raise RuntimeError(f"clustering shard {shard} failed: {e}") from e
+                    closed.add(shard)
+                    bar.update(users[shard] - reported[shard])
+                    finished(stats)
+                    out.append(stats)
+        except BaseException:
+            # Running shards are not finished: their files are not in the manifest, so a rerun redoes them.
+            # Cutting the lifeline kills their workers, and waiting for them means that on return none is left
+            # writing or holding the lock.
+            line.cut()
+            ex.shutdown(wait=True, cancel_futures=True)
+            raise
+        else:
+            ex.shutdown(wait=True)
+        finally:
+            q.close()
     return out
 
 

@@ -502,8 +502,10 @@ def run_cluster_job(dataset: str | Path, snapshot_before: int, embeddings: str |
         done = [s for s in range(ds.n_shards) if store.shard_is_done(out_dir, old, s, fingerprints[s])]
         shards = {str(s): shards[str(s)] for s in done}
         todo = [s for s in range(ds.n_shards) if s not in done]
-        for s in todo:  # a part the manifest does not vouch for (a killed run's, finished after its job died)
-            (out_dir / part_name(s)).unlink(missing_ok=True)
+        listed = {e.get("file") for e in (old or {}).get("shards", {}).values() if isinstance(e, dict)}
+        for s in todo:  # a part no manifest listed: a killed run's, renamed after its stats were lost
+            if part_name(s) not in listed:
+                (out_dir / part_name(s)).unlink(missing_ok=True)
         manifest = {**header, "complete": not todo, "shards": shards,
                     "base_snapshot": str(resolve_snapshot_dir(root, base_snapshot)) if base_snapshot else None}
         store.write_manifest(out_dir, manifest)

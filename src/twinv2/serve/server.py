@@ -97,8 +97,8 @@ def serve_forever(app: Any, host: str = "127.0.0.1", port: int = 8000, port_file
     """Serve until SIGINT/SIGTERM. `port_file` receives the bound port (useful with port 0) once listening;
     `read_timeout_s` (default 30) bounds the time a client may take to send a request's head."""
     if hasattr(signal, "SIGPIPE"):
-        # The CLI restores SIGPIPE's default (terminate) so `twinv2 stats | head` ends quietly; a server must
-        # not inherit it: one client closing its socket before the answer would kill the process (issue 14).
+        # Whoever started the server may have restored SIGPIPE's default (terminate; the CLI once did): a server
+        # must not inherit it: one client closing its socket before the answer would kill the process (issue 14).
         # Ignored, a write to a closed socket raises an OSError that uvicorn handles per connection.
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     sock = bind(host, port)

@@ -34,6 +34,7 @@ from twinv2.data.generate.streams import TERMS, Calibration, UserDraw, finish_us
 from twinv2.data.generate.users import user_table
 from twinv2.data.premise import write_premise
 from twinv2.data.dirs import failpoint, staged_dir
+from twinv2.data.lifeline import Lifeline
 from twinv2.data.storage import (ShardedWriter, eval_days, part_name, shard_of, warmup_days, write_manifest,
                                  write_table)
 from twinv2.schema import BEHAVIOURS, SAMPLES
@@ -233,19 +234,27 @@ def _run_pool(jobs: list[ShardJob], n_workers: int, bar: tqdm) -> list[tuple[int
             except queue.Empty:
                 return
 
-    with cf.ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker, initargs=(q,)) as pool:
-        futures = [pool.submit(run_shard, j) for j in jobs]  # in order: biggest shards first
-        pending = set(futures)
-        try:
-            while pending:
-                done, pending = cf.wait(pending, timeout=0.2)
-                drain(0.0)
-                for f in done:
-                    f.result()  # a worker's exception, or BrokenProcessPool if one died
-        except BrokenProcessPool:
-            raise RuntimeError("a `generate` worker process died (killed, or out of memory?); nothing was "
-                               "written to the output folder; run the command again") from None
-        drain(0.05)
+    # The workers die with this process (data/lifeline.py), or when a failure here cuts the line: none is left
+    # writing into a staging folder that the next run deletes.
+    with Lifeline() as line:
+        init, initargs = line.initializer(_init_worker, (q,))
+        with cf.ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=init, initargs=initargs) as pool:
+            futures = [pool.submit(run_shard, j) for j in jobs]  # in order: biggest shards first
+            pending = set(futures)
+            try:
+                while pending:
+                    done, pending = cf.wait(pending, timeout=0.2)
+                    drain(0.0)
+                    for f in done:
+                        f.result()  # a worker's exception, or BrokenProcessPool if one died
+            except BrokenProcessPool:
+                line.cut()
+                raise RuntimeError("a `generate` worker process died (killed, or out of memory?); nothing was "
+                                   "written to the output folder; run the command again") from None
+            except BaseException:
+                line.cut()  # the pool's exit then waits for dead workers, not for their shards
+                raise
+            drain(0.05)
     return [f.result() for f in futures]
 
 

@@ -42,7 +42,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from twinv2.data.dirs import staged_dir
+from twinv2.data.dirs import failpoint, staged_dir
 from twinv2.data.importers.validation import (CORE, FILE_COL, ROW_COL, Checks, LogPart, QuarantineWriter,
                                               reason_kind, iso_ms, read_log, write_typed_quarantine)
 from twinv2.data.storage import DAY_MS, EvalDay, ShardedWriter, write_manifest, write_table
@@ -276,6 +276,7 @@ def build_dataset(out: str | Path, *, name: str, source: str, parts: list[LogPar
         qw = QuarantineWriter(root / "quarantine.csv", CORE + feats + side_cols)
         stack.callback(qw.close)
         log = read_log(parts, feats, checks, qw)
+        failpoint("import-read")
         clean = log.clean
         end, median_rows, outlier = rule.last_day(clean["ts"].to_numpy())
         if outlier.any():
@@ -374,12 +375,14 @@ def build_dataset(out: str | Path, *, name: str, source: str, parts: list[LogPar
             w = ShardedWriter(root, spec, n_shards, extras={c: "float32" for c in extras})
             w.append_frame(frame)
             w.close()
+        failpoint("import-shards")
         write_table(root / "items.parquet", items)
         if users is not None:
             write_table(root / "users.parquet", users)
         for q in side_q:
             qw.write(q)
         qw.close()
+        failpoint("import-manifest")
         write_manifest(root, manifest)
     for w in warnings:
         _warn(f"{out}: {w}")
