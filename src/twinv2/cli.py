@@ -75,6 +75,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 def cmd_import(a: argparse.Namespace) -> int:
     from twinv2.data.importers import import_kuairand, import_mapped
+    from twinv2.data.importers.core import import_summary
+    from twinv2.train.metrics import MIN_TEST_SAMPLES
 
     if a.source == "kuairand":
         share = 0.5 if a.max_quarantine_share is None else a.max_quarantine_share
@@ -85,6 +87,10 @@ def cmd_import(a: argparse.Namespace) -> int:
             raise ValueError("`twinv2 import mapped` needs --mapping FILE.yaml")
         root = import_mapped(a.mapping, a.out, n_shards=a.shards, overwrite=a.overwrite,
                              max_quarantine_share=a.max_quarantine_share)
+    lines, warnings = import_summary(json.loads((Path(root) / "manifest.json").read_text()), MIN_TEST_SAMPLES)
+    print("\n".join(lines))
+    for w in warnings:
+        print(f"twinv2: warning: {root}: {w}", file=sys.stderr)
     print(f"wrote dataset to {root}")
     return 0
 

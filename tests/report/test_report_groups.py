@@ -127,3 +127,20 @@ def test_expected_random_distinct_equals_enumeration():
 def test_tables_json_is_strict_json(experiment):
     text = (experiment / "report" / "tables.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_group_sentence_claims_nothing_from_one_group():
+    """A sparse log can leave one group with a GAUC for both models (issue 13): "the gain grows with history
+    length" was then vacuously true, and "every group" skipped the groups without a value."""
+    from twinv2.report.groups import group_summary_sentence
+
+    def hg(*gains):
+        return {"name_a": "TWIN-V2", "name_b": "TWIN",
+                "rows": [{"group": g, "gain": {"mean_diff": x}} for g, x in zip(("low", "medium", "high"), gains)]}
+
+    one = group_summary_sentence(hg(float("nan"), float("nan"), 0.01))
+    assert "grows" not in one.replace("Whether the gain grows", "") and "only the high group" in one
+    two = group_summary_sentence(hg(float("nan"), 0.01, 0.02))
+    assert "grows with history length and is positive in every group with a GAUC for both (low: none)" in two
+    three = group_summary_sentence(hg(0.01, -0.01, 0.02))
+    assert three.endswith("does not grow with history length and is not positive in every group.")

@@ -219,7 +219,9 @@ def format_stats(stats: dict[str, Any]) -> str:
     rows = [("users (with behaviours or samples)", stats["users"]), ("users in users.parquet", stats["users_table"]),
             ("items (items.parquet)", stats["items"]), ("items in behaviours", stats["items_in_behaviours"]),
             ("behaviours", stats["behaviours"]), ("samples", stats["samples"]),
-            ("label rate", stats["label_rate"]), ("p_true mean", stats["p_true_mean"]),
+            ("label rate", stats["label_rate"]),
+            # generated worlds only: imported logs have no true click probability (issue 13: no such row there)
+            *([("p_true mean", stats["p_true_mean"])] if stats.get("p_true_mean") is not None else []),
             ("samples outside eval days", stats["samples_outside_eval_days"])]
     out += [f"  {k:<36} {_fmt(v):>14}" for k, v in rows]
     out += ["", f"  {'history length':<28} {'n':>10} {'mean':>10} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}"]

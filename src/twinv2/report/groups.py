@@ -198,9 +198,16 @@ def group_summary_sentence(hg: dict[str, Any]) -> str:
     if not rows:
         return "No group has a GAUC for both models."
     gains = [r["gain"]["mean_diff"] for r in rows]
+    listed = ", ".join(f"{r['group']} {signed(r['gain']['mean_diff'])}" for r in rows)
+    head = f"{hg['name_a']} − {hg['name_b']} GAUC by group: {listed}."
+    # Only groups with a GAUC for both models speak: with one of them, "grows" would be vacuously true (a sparse
+    # log, issue 13: one user per group with both labels in a test hour), and "every group" would skip the rest.
+    lacking = [r["group"] for r in hg["rows"] if r not in rows]
+    if len(rows) < 2:
+        return (f"{head} Whether the gain grows with history length cannot be said: only the {rows[0]['group']} "
+                f"group has a GAUC for both models.")
     grows = all(x <= y for x, y in itertools.pairwise(gains))
     pos = all(g > 0 for g in gains)
-    listed = ", ".join(f"{r['group']} {signed(r['gain']['mean_diff'])}" for r in rows)
-    return (f"{hg['name_a']} − {hg['name_b']} GAUC by group: {listed}. The gain "
-            f"{'grows' if grows else 'does not grow'} with history length and is "
-            f"{'positive in every group' if pos else 'not positive in every group'}.")
+    where = "every group" if not lacking else f"every group with a GAUC for both ({', '.join(lacking)}: none)"
+    return (f"{head} The gain {'grows' if grows else 'does not grow'} with history length and is "
+            f"{'positive' if pos else 'not positive'} in {where}.")

@@ -195,6 +195,44 @@ def eval_window(smp: pd.DataFrame, days: list[EvalDay], median_rows: float, min_
     return {"median_rows_per_day": median_rows, "days": per_day, "thin": bool(warnings), "warnings": warnings}
 
 
+def import_summary(manifest: dict[str, Any], min_test_samples: int = 0) -> tuple[list[str], list[str]]:
+    """What an import did, from its manifest: (lines for stdout, warnings). Per input file rows in = stored +
+    quarantined + unused (and how the stored rows split), the dataset's counts, and per evaluation day its
+    samples and test-hour (23:00-24:00) samples and positives; a warning when a test hour holds fewer than
+    `min_test_samples` samples (the trainer's usable-day threshold, passed in by the caller: the data layer does
+    not import train)."""
+    def n(x: Any) -> str:
+        return f"{int(x):,}"
+
+    lines = []
+    for f in manifest.get("inputs", []):
+        split = (f" ({n(f['rows_as_both'])} as sample and behaviour, {n(f['rows_as_sample_only'])} sample only, "
+                 f"{n(f['rows_as_behaviour_only'])} behaviour only)" if "rows_as_both" in f else "")
+        lines.append(f"{Path(f['file']).name} ({f['role']}): {n(f['rows_in'])} rows in = {n(f['rows_stored'])} "
+                     f"stored{split} + {n(f['rows_quarantined'])} quarantined + {n(f['rows_unused'])} unused")
+    c = manifest["counts"]
+    lines.append(f"dataset: {n(c['users'])} users, {n(c['items'])} items, {n(c['behaviours'])} behaviours, "
+                 f"{n(c['samples'])} samples, {n(c['quarantined'])} rows quarantined (quarantine.csv)")
+    days = (manifest.get("eval_window") or {}).get("days") or []
+    warnings = []
+    if days:
+        lines.append(f"evaluation window: {len(days)} day(s), {days[0]['label']} .. {days[-1]['label']}; per day "
+                     f"samples / test-hour (23:00-24:00) samples / test-hour positives:")
+        lines += [f"  {d['label']}: {n(d['samples'])} / {n(d['test_samples'])} / {n(d['test_positives'])}"
+                  for d in days]
+        small = [d for d in days if d["test_samples"] < min_test_samples]
+        if small:
+            listed = ", ".join(f"{d['label']}: {d['test_samples']}" for d in small[:8])
+            listed += f", and {len(small) - 8} more" if len(small) > 8 else ""
+            hold = "holds" if len(small) == 1 else "hold"
+            warnings.append(f"{len(small)} of {len(days)} test hours {hold} fewer than {min_test_samples} samples "
+                            f"({listed}): their day AUCs are unreliable and count as unusable days; read the "
+                            f"pooled AUC (over "
+                            f"{sum(d['test_samples'] for d in days):,} test samples in all), or import more days "
+                            f"(split.last_days)")
+    return lines, warnings
+
+
 # ---- items and users --------------------------------------------------------------------------------
 def derive_items(clean: pd.DataFrame, item_ids: np.ndarray, features: pd.DataFrame | None) -> pd.DataFrame:
     """Items table for `item_ids` (see module docstring); `features` is a validated ITEMS frame or None."""
