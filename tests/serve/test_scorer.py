@@ -66,6 +66,30 @@ def test_online_equals_offline_across_users(tiny_world, tiny_snapshot, scorer, r
     assert worst <= TOL, worst
 
 
+def test_online_with_recent_behaviours_equals_offline(tiny_world, tiny_snapshot, scorer, request_ts, known_items):
+    """The short-term interest: the request's `recent` behaviours (more than short_len, some after the request
+    time) give the offline score of a batch whose `recent` the batcher built from the dataset."""
+    ds = Dataset(tiny_world)
+    mv = scorer.cache.current
+    S = mv.model.short_len
+    assert S > 0
+    batcher = Batcher(ds, item_tables(ds)[0], "clusters", mv.seq_len, short_len=S)
+    batcher.use_snapshot(ClusterSnapshot(tiny_snapshot), ds.eval_days[0])
+    rng = np.random.default_rng(3)
+    changed = 0
+    for u in ClusterSnapshot(tiny_snapshot).user_ids()[:6]:
+        h = ds.history(int(u))
+        ts = int(h["ts"][-1]) - 1  # the last behaviour is at or after ts: the scorer must cut it
+        ts = max(ts, request_ts)
+        recent = {k: np.asarray(h[k])[-(S + 7):].astype(np.int64) for k in ("item_id", "ts", "play_ms", "duration_ms")}
+        items = rng.choice(known_items, 9)
+        online = scorer.score(int(u), items, ts, recent=recent)
+        offline = offline_logits(mv.model, batcher, np.full(9, u), items, np.full(9, ts))
+        assert np.abs(online.logits - offline).max() <= TOL
+        changed += np.abs(online.logits - scorer.score(int(u), items, ts).logits).max() > 1e-4
+    assert changed >= 5  # the recent behaviours move the scores: the short term is really read
+
+
 def test_online_equals_a_mixed_offline_batch(tiny_world, tiny_snapshot, scorer):
     """The test-hour samples of day 0 as the trainer batches them (many users, padded): per sample equal."""
     ds = Dataset(tiny_world)

@@ -50,6 +50,38 @@ def test_cluster_sequence_uses_only_the_snapshot_before_the_day(tiny_world, tiny
         np.testing.assert_allclose(np.sort(b.seq.log_n[i][b.seq.mask[i]].numpy()), np.sort(np.log(c["n"])), rtol=1e-6)
 
 
+def test_a_clusters_batch_carries_the_latest_raw_behaviours_for_the_short_term(tiny_world, tiny_snapshot):
+    """Batch.recent of a clusters batcher = a recent batcher's sequence of length S for the same samples
+    (behaviours strictly before each sample, raw cross buckets), and serving's recent_seq builds the same row."""
+    from twinv2.train.batching import recent_seq
+
+    ds = Dataset(tiny_world)
+    vocab, _ = item_tables(ds)
+    s = _samples(ds, seed=4)
+    S = 6
+    batcher = Batcher(ds, vocab, "clusters", 50, short_len=S)
+    batcher.use_snapshot(ClusterSnapshot(tiny_snapshot), ds.eval_days[0])
+    got = batcher.batch(s.user_id.values, s.item_id.values, s.ts.values, s.label.values).recent
+    ref = Batcher(ds, vocab, "recent", S).batch(s.user_id.values, s.item_id.values, s.ts.values, s.label.values).seq
+    for name in ("rows", "cross", "mask"):
+        np.testing.assert_array_equal(getattr(got, name).numpy(), getattr(ref, name).numpy())
+    assert got.log_n is None and got.mask.any()
+    assert Batcher(ds, vocab, "recent", 50, short_len=S).batch(s.user_id.values[:3], s.item_id.values[:3],
+                                                              s.ts.values[:3], s.label.values[:3]).recent is None
+    for i in range(0, len(s), 9):  # one user at a time, from the raw columns a real-time service would send
+        u, t = int(s.user_id.values[i]), int(s.ts.values[i])
+        h = ds.history(u)
+        cols = {k: np.asarray(h[k])[-(S + 20):].astype(np.int64) for k in ("item_id", "ts", "play_ms", "duration_ms")}
+        one = recent_seq(cols, t, vocab, batcher.features.cross, S)
+        n = int(ref.mask[i].sum())
+        np.testing.assert_array_equal(one.rows[0, one.mask[0]].numpy(), ref.rows[i, ref.mask[i]].numpy())
+        np.testing.assert_array_equal(one.cross[0, one.mask[0]].numpy(), ref.cross[i, ref.mask[i]].numpy())
+        assert int(one.mask.sum()) == n
+    with pytest.raises(ValueError, match="time order"):
+        recent_seq({"item_id": np.array([1, 2]), "ts": np.array([5, 3]), "play_ms": np.array([1, 1]),
+                    "duration_ms": np.array([2, 2])}, 10, vocab, batcher.features.cross, S)
+
+
 def test_a_snapshot_from_inside_the_day_is_refused(tiny_world, tiny_snapshot):
     ds = Dataset(tiny_world)
     vocab, _ = item_tables(ds)

@@ -35,17 +35,24 @@ def _synthetic(n_items: int, B: int, L: int, clusters: bool, seed: int):
     from twinv2.models.batch import Batch, Seq
     from twinv2.train.features import CROSS_BUCKETS
 
+    from twinv2.models.frame import ModelConfig
+
     rng = np.random.default_rng(seed)
     pop = 1.0 / np.arange(1, n_items) ** 0.9
-    rows = rng.choice(np.arange(1, n_items), size=(B, L), p=pop / pop.sum())
-    cross = np.stack([rng.integers(1, n, (B, L)) for n in CROSS_BUCKETS], -1)
+
+    def seq(n: int, log_n: bool) -> Seq:
+        rows = rng.choice(np.arange(1, n_items), size=(B, n), p=pop / pop.sum())
+        cross = np.stack([rng.integers(1, k, (B, n)) for k in CROSS_BUCKETS], -1)
+        return Seq(rows=torch.from_numpy(rows.astype(np.int32)), cross=torch.from_numpy(cross.astype(np.int32)),
+                   mask=torch.ones(B, n, dtype=torch.bool),
+                   log_n=torch.from_numpy(np.log(rng.integers(1, 20, (B, n))).astype(np.float32)) if log_n else None)
+
     return Batch(
         target=torch.from_numpy(rng.integers(1, n_items, B)),
-        seq=Seq(rows=torch.from_numpy(rows.astype(np.int32)), cross=torch.from_numpy(cross.astype(np.int32)),
-                mask=torch.ones(B, L, dtype=torch.bool),
-                log_n=torch.from_numpy(np.log(rng.integers(1, 20, (B, L))).astype(np.float32)) if clusters else None),
+        seq=seq(L, clusters),
         label=torch.from_numpy((rng.random(B) < 0.3).astype(np.float32)),
-        user_id=torch.from_numpy(np.arange(B)), ts=torch.zeros(B, dtype=torch.long))
+        user_id=torch.from_numpy(np.arange(B)), ts=torch.zeros(B, dtype=torch.long),
+        recent=seq(ModelConfig().short_len, False) if clusters else None)  # a clusters model's short term
 
 
 def _tables(n_items: int, seed: int):
@@ -62,6 +69,7 @@ def _batcher(sequence: str, L: int, B: int, n_items: int, seed: int, n_users: in
     """A Batcher over synthetic CSR columns in place of a dataset, every sample's sequence full: `n_users` users
     with L + 10 raw behaviours in time order, or L clusters (sizes 1-19, random mean times; a user with more
     than L clusters, ~10^5 behaviours at L = 10,000, is rare), Zipf-popular items."""
+    from twinv2.models.frame import ModelConfig
     from twinv2.train.batching import Batcher, _Columns
     from twinv2.train.features import Features
 
@@ -81,8 +89,16 @@ def _batcher(sequence: str, L: int, B: int, n_items: int, seed: int, n_users: in
     class _DS:  # the attribute Batcher reads
         n_shards = 1
 
-    batcher = Batcher(_DS(), None, sequence, L, features=Features.of(sequence))  # type: ignore[arg-type]
+    S = ModelConfig().short_len
+    batcher = Batcher(_DS(), None, sequence, L, features=Features.of(sequence),  # type: ignore[arg-type]
+                      short_len=S)
     batcher._cache[(sequence, 0)] = cols
+    if sequence == "clusters":  # the short term's raw behaviours: S + 10 per user, in time order
+        m = n_users * (S + 10)
+        t = np.tile(np.arange(S + 10) * 1000.0, n_users)
+        batcher._cache[("recent", 0)] = _Columns.of(
+            np.arange(n_users), np.arange(n_users + 1) * (S + 10), rng.choice(np.arange(1, n_items), size=m),
+            t, [rng.integers(1, 17, m), rng.integers(1, 23, m), t])
     batcher.vocab = type("V", (), {"rows": staticmethod(lambda ids: np.array(ids, np.int64))})()
     return batcher
 

@@ -14,6 +14,7 @@ from twinv2.models.frame import CTRModel
 
 
 class AvgPooling(CTRModel):
+    short_term = False  # its own sequence is the short term
     sequence = "recent"
     default_seq_len = 100
 

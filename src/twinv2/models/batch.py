@@ -29,6 +29,8 @@ class Batch:
     user_id: torch.Tensor  # (B,) int64 raw user ids (for GAUC)
     ts: torch.Tensor  # (B,) int64 sample times (ms)
     user: torch.Tensor | None = None  # (B, F) int64 user-feature bucket ids, when the data has them
+    recent: Seq | None = None  # the latest raw behaviours (B, S) for the short-term interest of a model whose
+    #  `seq` is clusters; None when `seq` itself is raw behaviours (its last S columns are read)
 
     @property
     def size(self) -> int:
@@ -38,7 +40,7 @@ class Batch:
         def move(x):
             if isinstance(x, torch.Tensor):
                 return x.to(device)
-            if isinstance(x, Seq):
+            if isinstance(x, Seq):  # a Seq's None log_n stays None
                 return Seq(**{f.name: move(getattr(x, f.name)) for f in fields(Seq)})
             return x
 

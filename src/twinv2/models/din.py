@@ -19,6 +19,7 @@ from twinv2.models.search import item_table
 
 
 class DIN(CTRModel):
+    short_term = False  # its own sequence is the short term
     sequence = "recent"
     default_seq_len = 100
 

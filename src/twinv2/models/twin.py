@@ -32,11 +32,17 @@ class TWIN(TwoStage):
         return item_cache(self.attn, self.items.every_item())
 
     @torch.no_grad()
-    def score(self, cache: ItemCache, target: torch.Tensor, seq: Seq, user: torch.Tensor | None = None
-              ) -> torch.Tensor:
+    def score(self, cache: ItemCache, target: torch.Tensor, seq: Seq, user: torch.Tensor | None = None,
+              recent: Seq | None = None) -> torch.Tensor:
         """Logits (N,) of candidate rows `target` (N,) for one user: `seq` of batch size 1 (the batcher's
-        sequence for that user and time) and `user` (F,) bucket ids when the model reads user features."""
+        sequence for that user and time), `user` (F,) bucket ids when the model reads user features, and for a
+        clusters model `recent`, the user's latest raw behaviours (1, S) as Batch.recent (None: none known)."""
         N = target.shape[0]
         e = cache.items.index_select(0, target)  # (N, D)
         long_term = interest(self.attn, cache, self.attn.query(e), seq)  # (N, out_dim)
-        return self.ctr_head(e, long_term, None if user is None else user.reshape(1, -1).expand(N, -1))
+        short = None
+        if self.short_len:  # the offline short-term attention, its one sequence shared by the N candidates
+            src = seq if self.sequence == "recent" else recent
+            short = self.short_interest(None if src is None else Seq(
+                rows=src.rows.expand(N, -1), cross=src.cross.expand(N, -1, -1), mask=src.mask.expand(N, -1)), e)
+        return self.ctr_head(e, long_term, None if user is None else user.reshape(1, -1).expand(N, -1), short)

@@ -27,6 +27,7 @@ import anyio
 from fastapi import FastAPI, Request
 from starlette.requests import ClientDisconnect
 from fastapi.responses import PlainTextResponse, Response
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from twinv2.serve.metrics import ABORTED, Metrics
@@ -57,12 +58,26 @@ class Limits:
             raise ValueError(f"Limits.read_timeout_s must be a number of seconds in (0, 3600], got {v!r}")
 
 
+class Behaviour(BaseModel):
+    """One of the user's latest behaviours, as a real-time feature service supplies them (`recent`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    item_id: Int64
+    ts: Annotated[int, Field(ge=0)]  # epoch ms
+    play_ms: Annotated[int, Field(ge=-1)] = -1  # -1: unknown
+    duration_ms: Annotated[int, Field(ge=0)] = 0  # 0: unknown
+
+
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # strict: "1", 1.0 and true are not ids
 
     user_id: Int64
     candidates: list[Int64]
     ts: Annotated[int, Field(ge=0)] | None = None  # epoch ms, any year; the scorer refuses times before the snapshot
+    # The user's latest raw behaviours, oldest first, for the model's short-term interest (ModelConfig.short_len;
+    # the latest short_len before `ts` are read, as offline): the snapshot holds clusters, not raw behaviours.
+    recent: Annotated[list[Behaviour], Field(max_length=10_000)] | None = None
 
 
 class ApiError(Exception):
@@ -176,7 +191,10 @@ def create_app(scorer: Scorer, limits: Limits = Limits(), metrics: Metrics | Non
 
         def run():
             try:
-                return scorer.score(req.user_id, req.candidates, req.ts)
+                recent = None if req.recent is None else {
+                    k: np.array([getattr(b, k) for b in req.recent], np.int64)
+                    for k in ("item_id", "ts", "play_ms", "duration_ms")}
+                return scorer.score(req.user_id, req.candidates, req.ts, recent=recent)
             except (ModelNotReady, StoreNotReady) as e:
                 raise ApiError(503, str(e)) from None
             except ValueError as e:  # the request's values (a time before the snapshot)

@@ -24,7 +24,8 @@ from twinv2.models.batch import Seq
 from twinv2.models.embeddings import ItemVocab
 from twinv2.serve.projections import ProjectionCache
 from twinv2.serve.store import ClusterStore, UserClusters
-from twinv2.train.batching import latest_by_time
+from twinv2.train.batching import latest_by_time, recent_seq
+from twinv2.train.features import Features
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,12 @@ class Scorer:
         return self._snapshot_ts[version]
 
     def score(self, user_id: int, items: Sequence[int] | np.ndarray, ts: int | None = None,
-              user: Sequence[int] | np.ndarray | None = None) -> ScoreResult:
+              user: Sequence[int] | np.ndarray | None = None,
+              recent: dict[str, np.ndarray] | None = None) -> ScoreResult:
         """Click probabilities of `items` (raw ids) for `user_id` at `ts` (epoch ms; default now); `user`: the
-        user-feature bucket ids (F,) when the model reads user features.
+        user-feature bucket ids (F,) when the model reads user features; `recent`: the user's latest raw
+        behaviours (item_id, ts, play_ms, duration_ms columns, oldest first) for the short-term interest
+        (train/batching.recent_seq; None: none known, as offline for a user without behaviours).
 
         Raises ValueError for a time before the served snapshot (its clusters would hold behaviours from after
         the request: a leak). Any year is accepted otherwise: imported logs start in any year.
@@ -127,7 +131,10 @@ class Scorer:
         inp = cluster_inputs(uc, ts, mv.vocab, mv.seq_len)
         with torch.inference_mode():
             u = None if user is None else torch.as_tensor(np.asarray(user, np.int64))
-            logits = mv.model.score(mv.cache, torch.from_numpy(cand), cluster_seq(inp), u)
+            short = None
+            if recent is not None and getattr(mv.model, "short_len", 0):
+                short = recent_seq(recent, ts, mv.vocab, Features.of("clusters").cross, mv.model.short_len)
+            logits = mv.model.score(mv.cache, torch.from_numpy(cand), cluster_seq(inp), u, recent=short)
             probs = torch.sigmoid(logits)
         return ScoreResult(scores=probs.numpy(), logits=logits.numpy(), model_version=mv.version,
                            snapshot_version=uc.version, clusters=uc.size,

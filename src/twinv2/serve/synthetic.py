@@ -37,6 +37,8 @@ def synthetic_checkpoint(path: str | Path, n_items: int, seed: int = 0, model_cf
         for p in model.parameters():
             if p.dim() >= 2:
                 p.add_(torch.randn_like(p) * 0.05)
+            elif p.dim() == 0:  # the match weights: the short-term match (0 at a neutral start) counts too
+                p.add_(0.1)
     vocab = ItemVocab(item_ids=np.arange(1, n_items, dtype=np.int64), author_ids=np.zeros(0, np.int64),
                       tag_ids=np.zeros(0, np.int64), author_of=tables.author_of, tag_of=tables.tag_of)
     path = Path(path)

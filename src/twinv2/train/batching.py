@@ -65,12 +65,15 @@ class Batcher:
     for every sample are never built."""
 
     def __init__(self, ds: Dataset, vocab: ItemVocab, sequence: str, seq_len: int,
-                 features: Features | None = None) -> None:
+                 features: Features | None = None, short_len: int = 0) -> None:
         if sequence not in ("recent", "clusters"):
             raise ValueError(f"sequence must be 'recent' or 'clusters', got {sequence!r}")
-        if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        if seq_len < 1 or short_len < 0:
+            raise ValueError(f"seq_len must be >= 1 and short_len >= 0, got seq_len={seq_len}, short_len={short_len}")
         self.ds, self.vocab, self.sequence, self.seq_len = ds, vocab, sequence, seq_len
+        # A clusters model's short-term interest reads the latest `short_len` raw behaviours (Batch.recent); a
+        # recent model reads the last columns of its own sequence, so it needs nothing more.
+        self.short_len = short_len if sequence == "clusters" else 0
         self.features = features if features is not None else Features.for_dataset(ds, sequence)
         self.users = UserTable(ds.users() if self.features.user else None, self.features.user)
         self.snapshot: ClusterSnapshot | None = None
@@ -86,15 +89,15 @@ class Batcher:
         self.snapshot = snapshot
 
     # ---- per-shard columns --------------------------------------------------------------------------------
-    def _columns(self, shard: int) -> _Columns:
-        key = (self.sequence, shard)
+    def _columns(self, kind: str, shard: int) -> _Columns:
+        key = (kind, shard)
         if key not in self._cache:
-            self._cache[key] = self._load(shard)
+            self._cache[key] = self._load(kind, shard)
         return self._cache[key]
 
-    def _load(self, shard: int) -> _Columns:
-        specs = self.features.cross
-        if self.sequence == "recent":
+    def _load(self, kind: str, shard: int) -> _Columns:
+        specs = self.features.cross  # a clusters model's specs read columns that raw behaviours have too
+        if kind == "recent":
             csr = self.ds.csr(shard)
             c = csr.columns
             elements = {**c, "play_ms": np.where(np.asarray(c["play_ms"]) >= 0, c["play_ms"], np.nan),
@@ -109,46 +112,75 @@ class Batcher:
 
     # ---- batches ------------------------------------------------------------------------------------------
     def batch(self, user_id: np.ndarray, item_id: np.ndarray, ts: np.ndarray, label: np.ndarray) -> Batch:
-        B = len(user_id)
         user_id = np.array(user_id, np.int64)  # copies: torch wants writable arrays
         ts = np.array(ts, np.int64)
         shards = shard_of(user_id, self.ds.n_shards)
-        parts = []
-        for s in np.unique(shards):
-            b = np.flatnonzero(shards == s)
-            col = self._columns(int(s))
-            start, end = user_ranges(col.user_ids, col.offsets, user_id[b])
-            if self.sequence == "recent":  # only behaviours strictly before the sample
-                end = cuts_before(col.ts, start, end, ts[b])
-            parts.append((b, col, start, end))
-        L = int(max(1, min(self.seq_len, max(int((e - a).max(initial=0)) for _, _, a, e in parts))))
-        specs = self.features.cross
-        clusters = self.sequence == "clusters"
-        rows = np.zeros((B, L), np.int32)  # padding: row 0, bucket 0, ln n 0, mask False
-        mask = np.zeros((B, L), bool)
-        cross = np.zeros((B, L, len(specs)), np.int32)
-        log_n = np.zeros((B, L), np.float32) if clusters else None
-        for b, col, start, end in parts:
-            for i, s, e, t in zip(b.tolist(), start.tolist(), end.tolist(), ts[b].tolist()):
-                n = min(e - s, L)
-                # The last n elements: a contiguous slice (raw behaviours are in time order), except a user
-                # with more than L clusters, who keeps the L with the latest mean time (stored by group).
-                at = s + latest_by_time(col.ts[s:e], L) if clusters and e - s > L else slice(e - n, e)
-                rows[i, L - n:] = col.rows[at]
-                mask[i, L - n:] = True
-                for j, spec in enumerate(specs):  # an age is bucketed per sample: its slice stays in cache
-                    cross[i, L - n:, j] = spec.bucket(t - col.cross[j][at]) if spec.since_sample else col.cross[j][at]
-                if log_n is not None:
-                    log_n[i, L - n:] = col.log_n[at]
         return Batch(
             target=torch.from_numpy(self.vocab.rows(item_id)),
-            seq=Seq(rows=torch.from_numpy(rows), cross=torch.from_numpy(cross), mask=torch.from_numpy(mask),
-                    log_n=None if log_n is None else torch.from_numpy(log_n)),
+            seq=self._seq(self.sequence, self.seq_len, user_id, ts, shards),
             label=torch.from_numpy(np.array(label, dtype=np.float32)),  # a copy: torch wants writable arrays
             user_id=torch.from_numpy(user_id),
             ts=torch.from_numpy(ts),
             user=torch.from_numpy(self.users.lookup(user_id)) if self.features.user else None,
+            recent=self._seq("recent", self.short_len, user_id, ts, shards) if self.short_len else None,
         )
+
+    def _seq(self, kind: str, max_len: int, user_id: np.ndarray, ts: np.ndarray, shards: np.ndarray) -> Seq:
+        """The `kind` sequence (B, L) of each sample, right-aligned (the latest last), L = min(max_len, the
+        longest in the batch)."""
+        B = len(user_id)
+        parts = []
+        for s in np.unique(shards):
+            b = np.flatnonzero(shards == s)
+            col = self._columns(kind, int(s))
+            start, end = user_ranges(col.user_ids, col.offsets, user_id[b])
+            if kind == "recent":  # only behaviours strictly before the sample
+                end = cuts_before(col.ts, start, end, ts[b])
+            parts.append((b, col, start, end))
+        L = int(max(1, min(max_len, max(int((e - a).max(initial=0)) for _, _, a, e in parts))))
+        return _fill(parts, B, L, ts, self.features.cross, kind == "clusters")
+
+
+def _fill(parts: list, B: int, L: int, ts: np.ndarray, specs: tuple[FeatureSpec, ...], clusters: bool) -> Seq:
+    """The (B, L) sequence of `parts` [(sample positions, columns, start, end)]: each sample's last elements
+    in [start, end), right-aligned (the latest last)."""
+    rows = np.zeros((B, L), np.int32)  # padding: row 0, bucket 0, ln n 0, mask False
+    mask = np.zeros((B, L), bool)
+    cross = np.zeros((B, L, len(specs)), np.int32)
+    log_n = np.zeros((B, L), np.float32) if clusters else None
+    for b, col, start, end in parts:
+        for i, s, e, t in zip(b.tolist(), start.tolist(), end.tolist(), ts[b].tolist()):
+            n = min(e - s, L)
+            # The last n elements: a contiguous slice (raw behaviours are in time order), except a user
+            # with more than L clusters, who keeps the L with the latest mean time (stored by group).
+            at = s + latest_by_time(col.ts[s:e], L) if clusters and e - s > L else slice(e - n, e)
+            rows[i, L - n:] = col.rows[at]
+            mask[i, L - n:] = True
+            for j, spec in enumerate(specs):  # an age is bucketed per sample: its slice stays in cache
+                cross[i, L - n:, j] = spec.bucket(t - col.cross[j][at]) if spec.since_sample else col.cross[j][at]
+            if log_n is not None:
+                log_n[i, L - n:] = col.log_n[at]
+    return Seq(rows=torch.from_numpy(rows), cross=torch.from_numpy(cross), mask=torch.from_numpy(mask),
+               log_n=None if log_n is None else torch.from_numpy(log_n))
+
+
+def recent_seq(behaviours: dict[str, np.ndarray], ts: int, vocab: ItemVocab, specs: tuple[FeatureSpec, ...],
+               S: int) -> Seq:
+    """One user's latest `S` raw behaviours strictly before `ts` as the batcher builds them (1, S'):
+    `behaviours` holds item_id, ts, play_ms (< 0 unknown) and duration_ms columns in time order (serving's
+    short-term input; the same elements, buckets and cut as `Batcher`)."""
+    c = {k: np.asarray(behaviours[k]) for k in ("item_id", "ts", "play_ms", "duration_ms")}
+    n = len(c["ts"])
+    if n and np.any(np.diff(c["ts"]) < 0):
+        raise ValueError("recent behaviours must be in time order (oldest first)")
+    elements = {**c, "play_ms": np.where(c["play_ms"] >= 0, c["play_ms"], np.nan),
+                "ratio": completion_ratio(c["play_ms"], c["duration_ms"])}
+    col = _Columns.from_elements(np.zeros(1, np.int64), np.array([0, n]), vocab.rows(c["item_id"]), elements,
+                                 specs)
+    t = np.array([ts], np.int64)
+    end = cuts_before(col.ts, np.zeros(1, np.int64), np.array([n]), t)
+    return _fill([(np.zeros(1, np.int64), col, np.zeros(1, np.int64), end)], 1, max(1, min(S, int(end[0]))), t,
+                 specs, False)
 
 
 def latest_by_time(ts: np.ndarray, L: int) -> np.ndarray:

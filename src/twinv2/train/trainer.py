@@ -1,6 +1,7 @@
 """The streaming five-day protocol (paper §4.1, DESIGN.md "Evaluation protocol").
 
-Per evaluation day: train on the samples of hours 0–22 in time order, then test on hour 23; the model and
+Per evaluation day: train on the samples of hours 0–22 in time order, then test on hour 23 (a day's own
+`EvalDay.test_hours` window: more hours for an imported sparse log); the model and
 optimizer carry over to the next day, as a nearline trainer's would. AUC and GAUC are reported per day and as
 mean ± std over the days; on generated data the oracle AUC/GAUC from `p_true` bound what any model can reach.
 Loss (BCE), optimizer (Adam), threads, seeding and checkpoints live here, never on the model. Inside a
@@ -125,7 +126,8 @@ class StreamingTrainer:
         broadcast_state(self.model)  # same seed on every rank already; rank 0's state, to be safe
         # The zero-shot reference (train/zero_shot.py): this model at step 0, scored by its own retrieval.
         self.reference = reference_model(self.model) if self.item_init == "embeddings" else None
-        self.batcher = Batcher(ds, self.vocab, self.model.sequence, self.model.seq_len, features=feats)
+        self.batcher = Batcher(ds, self.vocab, self.model.sequence, self.model.seq_len, features=feats,
+                               short_len=self.model.short_len)
         self.cfg = resolved_config(cfg, self.model)  # what metrics.json and the checkpoints record
         self.opt: SplitAdam | SyncedOptimizer = SplitAdam(self.model, cfg.lr)
         if self.ranks.world > 1:
