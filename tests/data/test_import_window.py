@@ -81,6 +81,28 @@ def test_a_thin_window_is_warned_on_stderr_and_in_the_manifest(tmp_path, capsys)
     assert not healthy.manifest["eval_window"]["thin"] and healthy.manifest["warnings"] == []
 
 
+def test_a_sparse_log_can_test_more_hours_of_each_day(tmp_path):
+    """split.test_hours: each evaluation day tests its last N hours and trains on the hours before; the trainer,
+    the stats and the export all follow the day's own window."""
+    from twinv2.data.stats import compute_stats
+
+    for sub in "abc":
+        (tmp_path / sub).mkdir()
+    one = run(tmp_path / "a", log())
+    twelve = run(tmp_path / "b", log(), split={"test_hours": 12})
+    assert [d["test_samples"] for d in one.manifest["eval_window"]["days"]] == [2, 2, 2]
+    assert [d["test_samples"] for d in twelve.manifest["eval_window"]["days"]] == [30, 30, 30]
+    day = twelve.eval_days[0]
+    assert day.test_hours == 12 and day.test_start_ms == day.start_ms + 12 * HOUR_MS
+    ts = twelve.samples()["ts"].to_numpy()
+    assert int(day.test_mask(ts).sum()) == 30 and int(day.train_mask(ts).sum()) == 30
+    assert not (day.train_mask(ts) & day.test_mask(ts)).any()  # every training sample precedes every test one
+    assert [r["test_hour_samples"] for r in compute_stats(twelve)["samples_per_day"]] == [30, 30, 30]
+    assert "tests its last 12 hours" in twelve.manifest["split"]["rule"]
+    with pytest.raises(ValueError, match=r"split\.test_hours must be an integer in 1\.\.24.*got 25"):
+        run(tmp_path / "c", log(), split={"test_hours": 25})
+
+
 def test_last_days_is_bounded_and_clamped_to_the_log(tmp_path):
     with pytest.raises(ValueError, match=r"split\.last_days must be an integer in 1\.\.366 .*got 3000000"):
         run(tmp_path, log(), {"last_days": 3_000_000})

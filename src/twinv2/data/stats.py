@@ -119,6 +119,7 @@ def compute_stats(ds: Dataset) -> dict[str, Any]:
     """Statistics of a dataset, streaming over its shards (see the module docstring); JSON-serialisable."""
     days = ds.eval_days
     starts = np.array([d.start_ms for d in days], dtype=np.int64)
+    test_starts = np.array([d.test_start_ms for d in days], dtype=np.int64)
     per_day = np.zeros((len(days), 3), dtype=np.int64)  # samples, positives, test-hour samples
     users_tbl = ds.users()
     act_col = next((c for c in ACTIVITY_COLUMNS if users_tbl is not None and c in users_tbl.columns), None)
@@ -149,7 +150,7 @@ def compute_stats(ds: Dataset) -> dict[str, Any]:
         d = np.searchsorted(starts, s_ts, side="right") - 1
         inside = (d >= 0) & (s_ts < starts[np.maximum(d, 0)] + DAY_MS) if len(days) else np.zeros(len(s_ts), bool)
         outside += int((~inside).sum())
-        test = inside & (s_ts >= starts[np.maximum(d, 0)] + 23 * 3_600_000)
+        test = inside & (s_ts >= test_starts[np.maximum(d, 0)]) if len(days) else inside
         for j, vals in enumerate((inside, inside & (label == 1), test)):
             per_day[:, j] += np.bincount(d[vals], minlength=len(days))[: len(days)]
         seen_counts = _add_counts(seen_counts, seen_lengths(csr.user_ids, csr.offsets, csr.columns["ts"], s_uid, s_ts))

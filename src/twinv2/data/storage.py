@@ -63,13 +63,22 @@ def part_name(shard: int) -> str:
     return f"part-{shard:05d}.parquet"
 
 
+DAY_KEYS = {"index", "label", "start_ms", "test_hours"}  # EvalDay's fields, as manifests store them
+
+
 @dataclass(frozen=True)
 class EvalDay:
-    """One evaluation day: train on [start_ms, test_start_ms), test on [test_start_ms, end_ms) (hour 23)."""
+    """One evaluation day: train on [start_ms, test_start_ms), test on [test_start_ms, end_ms): its last
+    `test_hours` hours (1 = hour 23, the paper's protocol; more for a sparse log, see SplitRule.test_hours)."""
 
     index: int
     label: str
     start_ms: int
+    test_hours: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.test_hours, bool) or not isinstance(self.test_hours, int) or not 1 <= self.test_hours <= 24:
+            raise ValueError(f"test_hours must be an integer in 1..24, got {self.test_hours!r}")
 
     @property
     def end_ms(self) -> int:
@@ -77,7 +86,7 @@ class EvalDay:
 
     @property
     def test_start_ms(self) -> int:
-        return self.start_ms + 23 * HOUR_MS
+        return self.end_ms - self.test_hours * HOUR_MS
 
     def train_mask(self, ts: np.ndarray) -> np.ndarray:
         """Which of the times `ts` are this day's training samples: [start_ms, test_start_ms). The one split
@@ -86,8 +95,8 @@ class EvalDay:
         return (t >= self.start_ms) & (t < self.test_start_ms)
 
     def test_mask(self, ts: np.ndarray) -> np.ndarray:
-        """Which of the times `ts` are this day's test samples: [test_start_ms, end_ms), hour 23 (none for a
-        warm-up day). (n,) bool"""
+        """Which of the times `ts` are this day's test samples: [test_start_ms, end_ms), its last `test_hours`
+        hours (none for a warm-up day). (n,) bool"""
         t = np.asarray(ts)
         return (t >= self.test_start_ms) & (t < self.end_ms)
 
@@ -316,7 +325,8 @@ def _load_manifest(mf: Path) -> dict[str, Any]:
 
 
 def _check_days(mf: Path, key: str, days: Any, required: bool) -> None:
-    """`eval_days` / `warmup_days` of a manifest: a list of {index: int, label: str, start_ms: int}."""
+    """`eval_days` / `warmup_days` of a manifest: a list of {index: int, label: str, start_ms: int} (and
+    test_hours: int in 1..24, absent in manifests written before it: 1)."""
     if days is None and not required:
         return
     if days is None:
@@ -324,11 +334,11 @@ def _check_days(mf: Path, key: str, days: Any, required: bool) -> None:
     if not isinstance(days, list) or (required and not days):
         raise DataError(f"{mf}: '{key}' must be a non-empty list of days, got {str(days)[:80]!r}; {REDO}")
     for d in days:
-        if (not isinstance(d, dict) or set(d) != {"index", "label", "start_ms"}
-                or not all(isinstance(d[k], int) and not isinstance(d[k], bool) for k in ("index", "start_ms"))
-                or not isinstance(d["label"], str)):
+        if (not isinstance(d, dict) or not {"index", "label", "start_ms"} <= set(d) <= DAY_KEYS
+                or not all(isinstance(d[k], int) and not isinstance(d[k], bool) for k in d.keys() - {"label"})
+                or not isinstance(d["label"], str) or not 1 <= d.get("test_hours", 1) <= 24):
             raise DataError(f"{mf}: '{key}' holds {str(d)[:80]!r}, not a day {{index: int, label: str, "
-                            f"start_ms: int}}; {REDO}")
+                            f"start_ms: int[, test_hours: 1..24]}}; {REDO}")
 
 
 def _check_shards(root: Path, mf: Path, n_shards: int, files: dict[str, dict]) -> None:

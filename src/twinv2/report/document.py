@@ -524,7 +524,8 @@ def caveats(doc: Doc, t: dict[str, Any]) -> None:
     truth = bool(main.get("truth")) or bool(t.get("sweep"))  # a generated world somewhere in the report
     doc.add(H(1, "How to read this, and caveats"))
     doc.add(Bullets([b for b in [
-        ("Protocol (paper §4.1): per evaluation day, train on hours 0–22 in time order, test on hour 23, carry the "
+        ("Protocol (paper §4.1): per evaluation day, train on hours 0–22 in time order, test on hour 23 (an imported "
+         "log may test more hours of each day: its mapping's split.test_hours), carry the "
         "model over to the next day (streaming). mean ± std is over the days' test hours, population std (ddof=0), "
         "as the trainer's summary."),
         "GAUC = Σ_u w_u AUC_u / Σ_u w_u over users with both labels in the test hour, w_u = their sample count.",

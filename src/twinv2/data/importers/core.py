@@ -73,6 +73,10 @@ class SplitRule:
     kind "last_half_per_user": each user's last max(1, n_u // 2) rows in time order are samples; eval days
     are the local days the samples span.
     Behaviours (either kind): rows with `history` true at any time: "all", or "<column> == <integer>".
+    `test_hours` (1..24): each evaluation day tests its last `test_hours` hours and trains on the hours before
+    (1 = hour 23, the paper's protocol). For a sparse log whose hour 23 holds a few dozen samples, e.g. 12
+    tests the second half of each day (about 12 times the samples); 24 tests whole days (the model
+    then trains on none of the evaluation days' samples, only on the history before them).
     """
 
     kind: str = "last_days"
@@ -81,6 +85,7 @@ class SplitRule:
     history: str = "label == 1"
     min_day_share: float = 0.1
     outlier_gap_days: int = 7
+    test_hours: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in ("last_days", "last_half_per_user"):
@@ -97,6 +102,9 @@ class SplitRule:
         if isinstance(self.outlier_gap_days, bool) or not isinstance(self.outlier_gap_days, int) \
                 or self.outlier_gap_days < 1:
             raise ValueError(f"split.outlier_gap_days must be an integer >= 1, got {self.outlier_gap_days!r}")
+        if isinstance(self.test_hours, bool) or not isinstance(self.test_hours, int) or not 1 <= self.test_hours <= 24:
+            raise ValueError(f"split.test_hours must be an integer in 1..24 (the last hours of each evaluation "
+                             f"day that are tested), got {self.test_hours!r}")
         self.history_column()
 
     def history_column(self) -> tuple[str, int] | None:
@@ -129,8 +137,10 @@ class SplitRule:
             s = "samples: each user's last max(1, n_u // 2) valid rows in time order"
         h = self.history_column()
         b = "every valid row at any time" if h is None else f"every valid row with {h[0]} == {h[1]}, at any time"
-        return (f"{s}; behaviours (history): {b}; a sample sees only its user's behaviours with ts strictly "
-                f"before its own; other valid rows are counted as unused")
+        test = "hour 23" if self.test_hours == 1 else f"its last {self.test_hours} hours"
+        return (f"{s}; each evaluation day tests {test} and trains on the hours before; behaviours (history): "
+                f"{b}; a sample sees only its user's behaviours with ts strictly before its own; other valid rows "
+                f"are counted as unused")
 
     def last_day(self, ts: np.ndarray) -> tuple[int, float, np.ndarray]:
         """(the log's last day, median rows per active day, mask of outlier rows) for kind last_days (see the
@@ -167,13 +177,13 @@ class SplitRule:
                 raise ValueError(f"split.history uses column '{h[0]}', which is not among the imported columns "
                                  f"{list(clean.columns.drop([FILE_COL, ROW_COL], errors='ignore'))}")
             is_beh = (clean[h[0]].to_numpy() == h[1])
-        evals = [EvalDay(index=i, label=day_label(d), start_ms=d * DAY_MS - self.offset_ms)
-                 for i, d in enumerate(days)]
+        evals = [EvalDay(index=i, label=day_label(d), start_ms=d * DAY_MS - self.offset_ms,
+                         test_hours=self.test_hours) for i, d in enumerate(days)]
         return is_sample, is_beh, evals
 
 
 def eval_window(smp: pd.DataFrame, days: list[EvalDay], median_rows: float, min_share: float) -> dict[str, Any]:
-    """Samples per evaluation day, in its test hour (23:00-24:00) and positives there, plus a warning for each
+    """Samples per evaluation day, in its test hours (23:00-24:00 by default) and positives there, a warning for each
     thin day: fewer samples than `min_share` of the median rows per log day, a test hour without samples, or
     one whose samples all share one label (AUC undefined)."""
     ts, label = smp["ts"].to_numpy(), smp["label"].to_numpy()
@@ -188,7 +198,9 @@ def eval_window(smp: pd.DataFrame, days: list[EvalDay], median_rows: float, min_
             warnings.append(f"evaluation day {d.label} holds {n} sample(s), under {min_share:g} of the log's median "
                             f"{median_rows:g} rows per day")
         if nt == 0:
-            warnings.append(f"evaluation day {d.label}: its test hour (23:00-24:00) holds no sample: nothing to test")
+            hours = f"{24 - d.test_hours:02d}:00-24:00"
+            warnings.append(f"evaluation day {d.label}: its test hour{'s' if d.test_hours > 1 else ''} ({hours}) "
+                            f"holds no sample: nothing to test")
         elif pos in (0, nt):
             warnings.append(f"evaluation day {d.label}: all {nt} test-hour sample(s) have label {int(pos > 0)}: "
                             f"AUC undefined")

@@ -35,6 +35,8 @@ Example (see examples/kuairand27k.yaml)::
       history: "label == 1"           # behaviours = rows with label 1 at any time; or "all", or "<col> == <int>"
       min_day_share: 0.1              # the log's last day: the last day with >= 0.1 x the median rows per day
       outlier_gap_days: 7             # rows more than 7 days after that day are quarantined as outliers
+      test_hours: 1                   # each evaluation day tests its last 1 hour (23:00-24:00); 1..24, more
+                                      #   for a sparse log (12: the second half of each day)
     items:                            # optional item features; without it every item is unknown (-1) and
       path: items.csv                 #   its duration is the median positive duration observed in the log
       item: photo_id
@@ -94,6 +96,7 @@ class Split:
     history: str = "label == 1"
     min_day_share: float = 0.1
     outlier_gap_days: int = 7
+    test_hours: int = 1
 
 
 @dataclass(frozen=True)
@@ -372,7 +375,8 @@ def sources(m: Mapping, where: Path | str) -> dict[str, Source | None]:
 def rule_of(m: Mapping) -> SplitRule:
     s = m.split
     return SplitRule(kind="last_days", last_days=s.last_days, day_offset_hours=s.day_offset_hours,
-                     history=s.history, min_day_share=s.min_day_share, outlier_gap_days=s.outlier_gap_days)
+                     history=s.history, min_day_share=s.min_day_share, outlier_gap_days=s.outlier_gap_days,
+                     test_hours=s.test_hours)
 
 
 def checks_of(m: Mapping, max_quarantine_share: float | None = None) -> Checks:

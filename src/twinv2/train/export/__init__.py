@@ -29,7 +29,7 @@ from twinv2.data.dirs import staged_dir
 from twinv2.data.storage import Dataset
 from twinv2.train.export import folder
 from twinv2.train.export.longctr import write_longctr
-from twinv2.train.export.samples import SPLITS, VALID_HOUR, protocol_samples
+from twinv2.train.export.samples import SPLITS, protocol_samples
 from twinv2.train.export.sequences import write_sequences
 
 FORMATS = ("longctr", "sequences")
@@ -66,9 +66,10 @@ def export_dataset(dataset: str | Path, out: str | Path, fmt: str, max_len: int 
             "export_format": fmt, "max_len": max_len, "created_by": f"twinv2 {__version__}",
             "source": {"path": str(ds.root.absolute()), "manifest_sha256": ds.manifest.get("manifest_sha256")},
             "counts": {**counts, "outside_protocol_days": split.unused},
-            "splits": {"train": f"every hour of each warm-up day, hours 0-{VALID_HOUR - 1} of each evaluation day",
-                       "valid": f"hour {VALID_HOUR} of each evaluation day (held out of train)",
-                       "test": "hour 23 of each evaluation day (the trainer's test hours)",
+            "splits": {"train": "every hour of each warm-up day, each evaluation day's hours before its valid hour",
+                       "valid": "the hour before each evaluation day's test hours (held out of train; hour 22 by "
+                                "default)",
+                       "test": "each evaluation day's test hours (the trainer's; hour 23 by default)",
                        "order": "time order (ts, user_id, item_id), as the trainer reads them"},
             "eval_days": ds.manifest["eval_days"], "warmup_days": ds.manifest.get("warmup_days", []),
             **extra,

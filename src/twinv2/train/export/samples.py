@@ -2,8 +2,9 @@
 
 Splits follow the trainer's protocol (train/trainer.py), asked of the same `EvalDay.train_mask` /
 `EvalDay.test_mask`: every hour of a warm-up day and hours 0-22 of an evaluation day are training samples,
-hour 23 of an evaluation day is test. FuxiCTR wants a validation set too (early stopping): it is hour 22 of
-every evaluation day, the training hour right before each test hour, held out of train, so valid sits on the
+hour 23 of an evaluation day is test (by default: a sparse log's import may test more hours, `split.test_hours`).
+FuxiCTR wants a validation set too (early stopping): it is the training hour right before each day's test
+hours (hour 22 by default), held out of train, so valid sits on the
 same days as test and has about its size; train.parquet + valid.parquet are exactly the trainer's training
 samples and test.parquet exactly its test samples. The trainer's `max_train_per_day` subsample is a training
 budget, not part of the split: an export holds every sample. Samples outside every protocol day (which the
@@ -24,7 +25,7 @@ import pandas as pd
 from twinv2.data.storage import HOUR_MS, Dataset, shard_of
 
 SPLITS = ("train", "valid", "test")
-VALID_HOUR = 22  # hour of each evaluation day held out of train as FuxiCTR's validation set
+VALID_HOURS = 1  # the training hour(s) right before each day's test hours held out as FuxiCTR's validation set
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class ProtocolSamples:
 
 
 def protocol_samples(ds: Dataset) -> ProtocolSamples:
-    """Split the dataset's samples as the trainer does (module docstring), valid = hour 22 of each
-    evaluation day."""
+    """Split the dataset's samples as the trainer does (module docstring), valid = the hour before each
+    evaluation day's test hours."""
     samples = ds.samples()
     ts = samples["ts"].to_numpy()
     n = len(samples)
@@ -56,7 +57,7 @@ def protocol_samples(ds: Dataset) -> ProtocolSamples:
     for d in ds.eval_days:
         train, test = d.train_mask(ts), d.test_mask(ts)
         assert not (which[train | test] >= 0).any(), "protocol days overlap"
-        valid = train & (ts >= d.start_ms + VALID_HOUR * HOUR_MS)
+        valid = train & (ts >= d.test_start_ms - VALID_HOURS * HOUR_MS)
         which[train], which[valid], which[test] = 0, 1, 2
         day[train | test] = d.index
     samples = samples.assign(day=day)
