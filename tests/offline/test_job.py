@@ -21,6 +21,7 @@ from twinv2.offline.embed import EmbeddingTable
 from twinv2.offline.hierarchical import HierarchicalClusterer
 from twinv2.offline.job import ClusterJobConfig, cluster_user, run_cluster_job, user_seed
 from twinv2.offline.store import COLUMNS, ClusterSnapshot, read_manifest, sha256_file
+from twinv2.offline.store import write_manifest as write_manifest_of_snapshot
 from twinv2.schema import BEHAVIOURS, DataError
 
 T0 = 1_650_000_000_000
@@ -270,7 +271,7 @@ def test_snapshot_reader(world, reference, tmp_path):
         np.testing.assert_array_equal(got["cluster"], np.arange(len(rows)))
     assert len(snap.clusters(123_456_789)["n"]) == 0
     np.testing.assert_array_equal(snap.user_ids(), np.sort(f["user_id"].unique()))
-    (tmp_path / "manifest.json").write_text(json.dumps({**manifest(reference), "complete": False}))
+    write_manifest_of_snapshot(tmp_path, {**manifest(reference), "complete": False})
     with pytest.raises(DataError, match="snapshot incomplete"):
         ClusterSnapshot(tmp_path)
 

@@ -63,13 +63,13 @@ def _perturbed(src, dst, scale=0.3, seed=1):
     """A copy of checkpoint `src` with every weight moved, as a newer nearline checkpoint's would be."""
     import torch
 
-    from twinv2.train.checkpoint import load_checkpoint
+    from twinv2.train.checkpoint import load_checkpoint, write_checkpoint
 
     ck = load_checkpoint(src)
     g = torch.Generator().manual_seed(seed)
     ck["state_dict"] = {k: v + scale * torch.randn(v.shape, generator=g) * v.std() if v.is_floating_point()
                         and v.numel() > 1 else v for k, v in ck["state_dict"].items()}
-    torch.save(ck, dst)
+    write_checkpoint(dst, ck)  # with its new content checksum (a plain torch.save would read as damaged)
     return dst
 
 

@@ -36,7 +36,7 @@ DATA_FILES = re.compile(r"(items\.parquet|users\.parquet|quarantine\.csv|(behavi
 OWN_FILES = re.compile(r"(manifest\.json|manifest\.json\.next|premise\.json|" + re.escape(MARKER) +
                        r"|behaviours/part-\d{5}\.csr(\.tmp\d+)?/[^/]+"
                        r"|embeddings/item_embeddings\.(parquet|json)"
-                       r"|clusters/[^/]+/(manifest\.json|\.lock|part-\d{5}\.parquet)"
+                       r"|clusters/[^/]+/(manifest\.json|\.lock|" + re.escape(MARKER) + r"|part-\d{5}\.parquet)"
                        r"|clusters/[^/]+/(part-\d{5}\.csr(\.tmp\d+)?|embeddings\.resolved(\.tmp-\d+)?)/[^/]+)")
 OWN_DIRS = re.compile(r"(behaviours|samples|truth|truth/(interests|impressions|behaviours)|embeddings|clusters"
                       r"|clusters/[^/]+|(behaviours|clusters/[^/]+)/part-\d{5}\.csr(\.tmp\d+)?"

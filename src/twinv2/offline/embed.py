@@ -32,10 +32,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from twinv2.config import to_dict
+from twinv2.data.checksum import VerifiedMarker, file_entry, verify_files
 from twinv2.data.csr import cuts_before
 from twinv2.data.dirs import clean_dead_temps, failpoint
-from twinv2.data.storage import Dataset, json_default
+from twinv2.data.storage import Dataset, json_default, manifest_sha256
 from twinv2.models.embeddings import ItemEmbedding, ItemVocab
+from twinv2.schema import DataError
 
 FALLBACKS = ("fallback-author", "fallback-tag", "fallback-global")
 _NEG_TABLE_SIZE = 1 << 22  # word2vec's unigram table: negatives become one gather instead of a search
@@ -232,8 +234,11 @@ class EmbeddingTable:
         pq.write_table(pa.table(cols), tmp, compression="zstd")
         failpoint("embed-save")
         side_tmp = side.with_name(side.name + f".tmp{os.getpid()}")
-        body = {"n_items": len(self), "dim": self.dim, "source": self.source, "meta": self.meta}
-        side_tmp.write_text(json.dumps(body, indent=2, sort_keys=True, default=json_default) + "\n")
+        body = {"n_items": len(self), "dim": self.dim, "source": self.source, "meta": self.meta,
+                **file_entry(tmp)}  # the Parquet file's bytes and sha256, checked by `load`
+        body = json.loads(json.dumps(body, default=json_default))  # plain JSON, so the checksum reads back equal
+        body["manifest_sha256"] = manifest_sha256(body)  # the sidecar's own (a dataset manifest's kind)
+        side_tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
         os.replace(side_tmp, side)
         os.replace(tmp, path)
         return path
@@ -244,12 +249,17 @@ class EmbeddingTable:
         .npz (arrays item_id + vectors) or .npy (structured item_id/vector, or 2-D with ids in column 0).
 
         Raises ValueError naming the file and the bad row/id for: no item_id column, non-integer ids,
-        duplicate ids, inconsistent dimension, NaN or inf.
+        duplicate ids, inconsistent dimension, NaN or inf. A Parquet file with the JSON sidecar `save` writes
+        is first checked against it (DataError naming the file when either is damaged: the sidecar carries
+        its own checksum and the Parquet file's size and sha256); a sidecar written before it recorded them
+        is accepted as it is.
         """
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: embedding file not found")
         suffix = path.suffix.lower()
+        side = path.with_suffix(".json")
+        body = _sidecar(path, side) if suffix == ".parquet" and side.is_file() else None
         if suffix in (".parquet", ".pq"):
             ids, vecs = _from_frame(pd.read_parquet(path), path)
         elif suffix in (".csv", ".tsv"):
@@ -261,12 +271,29 @@ class EmbeddingTable:
         ids, vecs = _validated(ids, vecs, path)
         source: dict[str, int] = {"file": len(ids)}
         meta: dict[str, Any] = {"file": str(path)}
-        side = path.with_suffix(".json")
-        if suffix == ".parquet" and side.is_file():
-            body = json.loads(side.read_text())
-            if body.get("n_items") == len(ids):
-                source, meta = body.get("source", source), body.get("meta", meta)
+        if body is not None and body.get("n_items") == len(ids):
+            source, meta = body.get("source", source), body.get("meta", meta)
         return cls(ids, vecs, source, meta)
+
+
+REDO_EMBED = "run `twinv2 embed` again"
+
+
+def _sidecar(path: Path, side: Path) -> dict[str, Any]:
+    """The sidecar of the table `path`, both checked (see `EmbeddingTable.load`)."""
+    try:
+        body = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{side}: unreadable sidecar of {path.name} ({str(e)[:120]}); {REDO_EMBED}") from None
+    if not isinstance(body, dict):
+        raise DataError(f"{side}: not an embedding table sidecar (a JSON {type(body).__name__}); {REDO_EMBED}")
+    # Any of the three present means a checksummed sidecar (one damaged key must not turn the check off).
+    if any(k in body for k in ("manifest_sha256", "sha256", "bytes")):
+        if body.get("manifest_sha256") != manifest_sha256(body):
+            raise DataError(f"{side}: checksum mismatch (manifest_sha256): the sidecar was edited or damaged "
+                            f"after it was written; {REDO_EMBED}")
+        verify_files({path.name: path}, {path.name: body}, VerifiedMarker(None), side, fix=REDO_EMBED)
+    return body
 
 
 def _from_frame(df: pd.DataFrame, path: Path) -> tuple[np.ndarray, np.ndarray]:

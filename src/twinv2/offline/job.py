@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from twinv2.config import to_dict
+from twinv2.data.checksum import VerifiedMarker, file_entry, verify_files
 from twinv2.data.csr import cuts_before
 from twinv2.data.dirs import failpoint
 from twinv2.data.storage import Dataset, part_name
 from twinv2.offline import store
-from twinv2.schema import completion_ratio
+from twinv2.schema import DataError, completion_ratio
 
 ENGINES = ("local", "dask")
 # Settings that change the output; engine, workers, scheduler and threads do not.
@@ -212,6 +213,7 @@ def input_fingerprint(csr, snapshot_ts: int, cuts: tuple[np.ndarray, np.ndarray]
 _EMB_CACHE: dict[str, "ResolvedEmbeddings"] = {}
 _ITEMS_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, Any]] = {}
 RESOLVED = "embeddings.resolved"
+_RESOLVED_FILES = ("item_ids.npy", "vectors.npy", "unknown.npy")
 
 
 def _stamp(path: Path) -> tuple:
@@ -244,12 +246,18 @@ class ResolvedEmbeddings:
 
 
 def resolve_embeddings(embeddings: Path, root: Path, out_dir: Path, stamp: dict[str, Any]) -> Path:
-    """Write `<out_dir>/embeddings.resolved/` (see ResolvedEmbeddings) unless an up-to-date one exists."""
+    """Write `<out_dir>/embeddings.resolved/` (see ResolvedEmbeddings) unless an up-to-date one exists: its
+    stamp names the inputs and records each file's size and sha256, so a resumed job rebuilds a damaged one."""
     d = out_dir / RESOLVED
     try:
-        if json.loads((d / "stamp.json").read_text()) == stamp:
+        body = json.loads((d / "stamp.json").read_text())
+        if {k: v for k, v in body.items() if k != "files"} == stamp and set(body["files"]) == set(_RESOLVED_FILES):
+            verify_files({n: d / n for n in _RESOLVED_FILES}, body["files"], VerifiedMarker(None), d / "stamp.json",
+                         fix="rebuilding it")
             return d
-    except (OSError, ValueError):
+    except DataError as e:
+        warnings.warn(f"damaged resolved embeddings: {e}", RuntimeWarning, stacklevel=2)
+    except (OSError, ValueError, KeyError, TypeError):  # none, or an older stamp without checksums
         pass
     from twinv2.offline.embed import EmbeddingTable
 
@@ -262,10 +270,10 @@ def resolve_embeddings(embeddings: Path, root: Path, out_dir: Path, stamp: dict[
     tmp = out_dir / f"{RESOLVED}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    np.save(tmp / "item_ids.npy", ids)
-    np.save(tmp / "vectors.npy", vectors)
-    np.save(tmp / "unknown.npy", unknown)
-    (tmp / "stamp.json").write_text(json.dumps(stamp))
+    for name, arr in zip(_RESOLVED_FILES, (ids, vectors, unknown)):
+        np.save(tmp / name, arr)
+    files = {name: file_entry(tmp / name) for name in _RESOLVED_FILES}
+    (tmp / "stamp.json").write_text(json.dumps({**stamp, "files": files}))
     failpoint("cluster-resolved")
     shutil.rmtree(d, ignore_errors=True)
     os.replace(tmp, d)

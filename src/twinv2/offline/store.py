@@ -6,9 +6,14 @@ Layout of ``<dataset>/clusters/<snapshot>/``::
     part-00007.parquet     virtual items of the users of behaviour shard 7, one row per cluster,
                            sorted by (user_id, cluster); written to a temporary name and renamed
     part-00007.csr/        .npy cache of the part made by the reader (BehaviourCSR's), safe to delete
+    .verified.json         what the reader verified (data/checksum.py), safe to delete
 
 A shard counts as done only if the manifest lists it, its file exists and the file's sha256 equals the one in
-the manifest, so a truncated, corrupt or half-written part is found and redone on the next run.
+the manifest, so a truncated, corrupt or half-written part is found and redone on the next run. The reader
+(`ClusterSnapshot`) checks the same: the manifest's own checksum, then every part's size and sha256 (hashed
+once per change of the file, remembered in `.verified.json`, as datasets are), so a damaged snapshot stops it
+with a DataError naming the file. Snapshots of format version 1 (before the manifest's own checksum) are read
+with their parts verified.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from twinv2.data.checksum import MARKER, VerifiedMarker, verify_files
 from twinv2.data.checksum import sha256_file, sha256_tree  # noqa: F401 - the project's one hash, re-exported
-from twinv2.data.storage import part_name, shard_of, write_json_atomic
+from twinv2.data.storage import json_default, manifest_sha256, shard_of, write_json_atomic
 from twinv2.schema import CLUSTER_COLUMNS, CLUSTER_ROW_BYTES, DataError
 
 FORMAT = "twinv2-clusters"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest carries its own checksum ("manifest_sha256")
 MANIFEST = "manifest.json"
+REDO = "delete the snapshot folder and run the same `twinv2 cluster` command again"
 
 COLUMNS = CLUSTER_COLUMNS  # the snapshot's row layout, declared with the other tables in schema.py
 SCHEMA = pa.schema([pa.field(k, pa.from_numpy_dtype(np.dtype(v))) for k, v in COLUMNS.items()])
@@ -100,21 +107,32 @@ def read_part(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def read_manifest(snapshot_dir: str | Path) -> dict[str, Any] | None:
+    """The parsed manifest (None when there is none), its own checksum checked; DataError naming it when it is
+    unreadable, foreign or damaged."""
     p = Path(snapshot_dir) / MANIFEST
     if not p.is_file():
         return None
     try:
         m = json.loads(p.read_text())
-    except ValueError as e:
-        raise DataError(f"{p}: unreadable manifest ({e}); delete the snapshot folder and run the job again") from e
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{p}: unreadable manifest ({str(e)[:120]}); {REDO}") from None
+    if not isinstance(m, dict):
+        raise DataError(f"{p}: not a cluster snapshot manifest (a JSON {type(m).__name__}); {REDO}")
     if m.get("format") != FORMAT:
         raise DataError(f"{p}: format is {m.get('format')!r}, expected {FORMAT!r}")
+    # Version 1 had no checksum of its own; anything else (a damaged version or key too) must carry one.
+    if ("manifest_sha256" in m or m.get("version") != 1) and m.get("manifest_sha256") != manifest_sha256(m):
+        raise DataError(f"{p}: checksum mismatch (manifest_sha256): the manifest was edited or damaged after it "
+                        f"was written; {REDO}")
     return m
 
 
 def write_manifest(snapshot_dir: str | Path, manifest: dict[str, Any]) -> None:
-    """Write manifest.json atomically (temporary file, fsync, rename)."""
-    write_json_atomic(Path(snapshot_dir) / MANIFEST, {"format": FORMAT, "version": FORMAT_VERSION, **manifest})
+    """Write manifest.json atomically (temporary file, fsync, rename), with its own checksum."""
+    body = {k: v for k, v in manifest.items() if k not in ("format", "version", "manifest_sha256")}
+    body = json.loads(json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **body}, default=json_default))
+    body["manifest_sha256"] = manifest_sha256(body)  # of the plain JSON, so that it reads back equal
+    write_json_atomic(Path(snapshot_dir) / MANIFEST, body)
 
 
 def shard_is_done(snapshot_dir: Path, manifest: dict[str, Any] | None, shard: int,
@@ -170,6 +188,7 @@ class ClusterSnapshot:
         snapshot_ts: only behaviours with ts < snapshot_ts were clustered (epoch ms).
         config: the clustering settings used (dict, as in the manifest).
         n_shards: behaviour shards of the dataset (users are found by `shard_of(user_id, n_shards)`).
+        parts: {shard: its manifest entry (file, bytes, sha256, ...)}; every part was verified on open.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -181,10 +200,18 @@ class ClusterSnapshot:
             done = len(m.get("shards", {}))
             raise DataError(f"{self.path}: snapshot incomplete ({done} of {m.get('n_shards')} shards); "
                             f"run the same `twinv2 cluster` command again to finish it")
+        try:
+            self.snapshot_ts: int = int(m["snapshot_ts"])
+            self.config: dict[str, Any] = dict(m["config"])
+            self.n_shards: int = int(m["n_shards"])
+            self.parts: dict[int, dict[str, Any]] = {s: dict(m["shards"][str(s)]) for s in range(self.n_shards)}
+            files = {e["file"]: self.path / e["file"] for e in self.parts.values()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{self.path / MANIFEST}: malformed snapshot manifest ({type(e).__name__}: {e}); "
+                            f"{REDO}") from None
+        verify_files(files, {e["file"]: e for e in self.parts.values()}, VerifiedMarker(self.path / MARKER),
+                     self.path / MANIFEST, fix=REDO)
         self.manifest = m
-        self.snapshot_ts: int = int(m["snapshot_ts"])
-        self.config: dict[str, Any] = dict(m["config"])
-        self.n_shards: int = int(m["n_shards"])
         self._csr: dict[int, Any] = {}
 
     def __repr__(self) -> str:
@@ -194,7 +221,8 @@ class ClusterSnapshot:
         from twinv2.data.csr import BehaviourCSR
 
         if shard not in self._csr:
-            self._csr[shard] = BehaviourCSR.open(self.path / part_name(shard))
+            e = self.parts[shard]  # verified on open: its cache need not hash it again
+            self._csr[shard] = BehaviourCSR.open(self.path / e["file"], source_sha256=e["sha256"])
         return self._csr[shard]
 
     def clusters(self, user_id: int) -> dict[str, np.ndarray]:
@@ -214,5 +242,5 @@ class ClusterSnapshot:
         """The whole snapshot as one pandas DataFrame (small data and tests)."""
         import pandas as pd
 
-        return pd.concat([pd.read_parquet(self.path / part_name(s)) for s in range(self.n_shards)],
+        return pd.concat([pd.read_parquet(self.path / self.parts[s]["file"]) for s in range(self.n_shards)],
                          ignore_index=True)

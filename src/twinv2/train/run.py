@@ -9,18 +9,18 @@ import numpy as np
 
 from twinv2.data.storage import Dataset
 from twinv2.models.registry import model_class
-from twinv2.offline.store import ClusterSnapshot
+from twinv2.offline.store import ClusterSnapshot, read_manifest
 from twinv2.train.trainer import StreamingTrainer, TrainConfig, item_tables
 
 
 def find_snapshots(ds: Dataset) -> list[ClusterSnapshot]:
-    """Every complete snapshot under DATASET/clusters (incomplete ones are skipped)."""
+    """Every complete snapshot under DATASET/clusters. Incomplete ones (a job still running or killed) are
+    skipped; a damaged one stops the run (DataError naming the file) rather than being silently left out."""
     out = []
     for p in sorted((ds.root / "clusters").glob("*/manifest.json")):
-        try:
+        m = read_manifest(p.parent)
+        if m is not None and m.get("complete"):
             out.append(ClusterSnapshot(p.parent))
-        except ValueError:
-            continue
     return out
 
 
