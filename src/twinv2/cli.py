@@ -190,7 +190,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-RUN_FILES = ("metrics.json", "checkpoint.pt")  # what a run folder holds besides predictions-day*.parquet
+RUN_FILES = ("metrics.json", "checkpoint.pt", ".verified.json")  # besides predictions-day*.parquet (the last:
+# the report's cache of verified checksums, data/checksum.py MARKER)
 
 
 def _check_run_folder(out: Path, model: str, overwrite: bool) -> None:

@@ -29,7 +29,7 @@ def test_value_roundtrip_narrow_and_wide_sizes():
         np.testing.assert_array_equal(uc.n, n)
         np.testing.assert_array_equal(uc.play, play)
         np.testing.assert_array_equal(uc.ratio, ratio)
-    assert len(encode(item, ts, np.ones(7), play, ratio)) == 8 + 7 * 20  # 20 bytes a cluster with uint16 n
+    assert len(encode(item, ts, np.ones(7), play, ratio)) == 8 + 7 * 20 + 4  # 20 bytes a cluster (uint16 n), a CRC32
     assert decode(1, "v", encode(*(np.zeros(0),) * 5)).size == 0
 
 

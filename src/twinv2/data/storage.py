@@ -215,10 +215,10 @@ def write_json_atomic(path: str | Path, body: Any) -> None:
     os.replace(tmp, path)
 
 
-def manifest_sha256(body: dict[str, Any]) -> str:
+def manifest_sha256(body: dict[str, Any], field: str = "manifest_sha256") -> str:
     """The manifest's own checksum: sha256 of its canonical JSON (sorted keys, no spaces), the checksum field
-    itself left out."""
-    rest = {k: v for k, v in body.items() if k != "manifest_sha256"}
+    itself (`field`; a run's metrics.json uses "metrics_sha256") left out."""
+    rest = {k: v for k, v in body.items() if k != field}
     text = json.dumps(rest, sort_keys=True, separators=(",", ":"), default=json_default, allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

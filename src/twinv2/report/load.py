@@ -3,6 +3,11 @@
 Nothing here computes a number for the report: it only finds and parses files. A file that exists but cannot
 be read is recorded in `problems` (shown in the report) instead of raising, so one bad file never hides the
 rest of the report.
+
+Damage is different: a run's metrics.json carries the checksum of each prediction file (`outputs`) and of its
+own body (`metrics_sha256`, train/metrics.py), and a mismatch raises DataError naming the file (`twinv2 report`
+exits 2) rather than building a report from changed numbers. Runs written before those fields existed carry
+neither and are read as they are.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from twinv2.data.checksum import MARKER, VerifiedMarker, verify_files
+from twinv2.data.storage import manifest_sha256
 from twinv2.models.names import DISPLAY, MODELS  # torch-free: the one list of models
+from twinv2.schema import DataError
+from twinv2.train.metrics import METRICS_SHA256, OUTPUTS
 
 ABLATIONS = ("no_ln_gsu", "no_ln_esu", "no_ln_both")
 ABLATION_DISPLAY = {"full": "TWIN-V2 (full)", "no_ln_gsu": "no ln n in GSU", "no_ln_esu": "no ln n in ESU",
@@ -47,6 +56,38 @@ def read_json(path: Path, problems: list[str]) -> Any:
         return None
 
 
+RERUN = "rerun the training of this run (`twinv2 train ... --out RUN --overwrite`, or delete the run folder and " \
+        "resume the experiment)"
+
+
+def read_metrics(path: Path, problems: list[str]) -> Any:
+    """A run's metrics.json like `read_json`, but one that carries checksums (or once did: their field names are
+    in its bytes) must match them: a damaged one raises DataError naming it."""
+    if not path.is_file():
+        return None
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        problems.append(f"{path}: unreadable ({e})")
+        return None
+    sealed = any(f'"{k}"'.encode() in raw for k in (METRICS_SHA256, OUTPUTS))  # two fields far apart in the file
+    try:
+        m = json.loads(raw)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        if sealed:
+            raise DataError(f"{path}: unreadable ({str(e)[:120]}): the file is damaged; {RERUN}") from None
+        problems.append(f"{path}: unreadable ({e})")
+        return None
+    if isinstance(m, dict) and (sealed or METRICS_SHA256 in m or OUTPUTS in m):
+        if m.get(METRICS_SHA256) != manifest_sha256(m, METRICS_SHA256):
+            raise DataError(f"{path}: checksum mismatch ({METRICS_SHA256}): the file is damaged or was edited after "
+                            f"it was written; {RERUN}")
+        out = m.get(OUTPUTS)
+        if not isinstance(out, dict) or not all(isinstance(e, dict) for e in out.values()):
+            raise DataError(f"{path}: '{OUTPUTS}' is not a map of file name to {{bytes, sha256}}; {RERUN}")
+    return m
+
+
 def day_values(metrics: dict[str, Any], key: str) -> dict[int, float]:
     """{day index: value} of one per-day metric of a metrics.json body (NaN where missing or null)."""
     out = {}
@@ -63,6 +104,7 @@ class Run:
     name: str
     dir: Path
     metrics: dict[str, Any]
+    _verified: bool = field(default=False, repr=False, compare=False)
 
     @property
     def days(self) -> list[dict[str, Any]]:
@@ -72,7 +114,19 @@ class Run:
         return day_values(self.metrics, key)
 
     def prediction_files(self) -> list[Path]:
-        files = [p for p in self.dir.glob("predictions-day*.parquet") if _PRED.search(p.name)]
+        """The run's prediction files, in day order. A run whose metrics.json lists them (`outputs`) gives only
+        those, each checked against its checksum first (once per change of the file: the `.verified.json`
+        marker); a damaged or missing one raises DataError naming it."""
+        listed = self.metrics.get(OUTPUTS)
+        if isinstance(listed, dict):
+            expected = {n: e for n, e in listed.items() if _PRED.search(n)}
+            if not self._verified:
+                verify_files({n: self.dir / n for n in expected}, expected, VerifiedMarker(self.dir / MARKER),
+                             self.dir / "metrics.json", RERUN)
+                self._verified = True
+            files = [self.dir / n for n in expected]
+        else:  # written before runs recorded their outputs: whatever is there
+            files = [p for p in self.dir.glob("predictions-day*.parquet") if _PRED.search(p.name)]
         return sorted(files, key=lambda p: int(_PRED.search(p.name).group(1)))
 
     def predictions(self) -> pd.DataFrame | None:
@@ -90,13 +144,15 @@ class Run:
 
 
 def load_run(run_dir: Path, problems: list[str]) -> Run | None:
-    m = read_json(run_dir / "metrics.json", problems)
+    m = read_metrics(run_dir / "metrics.json", problems)
     if m is None:
         return None
     if not isinstance(m, dict) or not isinstance(m.get("days"), list):
         problems.append(f"{run_dir / 'metrics.json'}: no per-day results ('days')")
         return None
-    return Run(name=run_dir.name, dir=run_dir, metrics=m)
+    run = Run(name=run_dir.name, dir=run_dir, metrics=m)
+    run.prediction_files()  # checked now, so damage stops the report whichever parts read them
+    return run
 
 
 def load_runs(parent: Path, problems: list[str], names=None) -> dict[str, Run]:

@@ -8,7 +8,9 @@ integers; `ts` defaults to the server's clock.
 Bad input never reaches the scorer and never causes a 5xx: a body over `max_body_bytes` (1 MB) gets 413, a
 body not complete within `read_timeout_s` (30 s) 408, a body that is not JSON 400, a wrong shape or type, an
 unknown field, more than `max_candidates` (2,000) or an impossible `ts` 422, each with a message naming what is
-wrong. 503 means no model or snapshot is loaded yet.
+wrong. 503 means no model or snapshot is loaded yet. 500 with "cluster store damaged" means the user's stored
+clusters fail their CRC (serve/store.py): that request gets no scores, the damaged value is logged once and
+every such answer is counted (`twinv2_store_corrupt_values_total`); other users are still served.
 An unknown user is scored with an empty life cycle and an unknown item with the fallback embedding (scorer.py).
 A client that disconnects before its body is read is counted as an abort (status label 499, kind "aborted"),
 neither a server error nor a traceback.
@@ -33,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from twinv2.serve.metrics import ABORTED, Metrics
 from twinv2.serve.projections import ModelNotReady
 from twinv2.serve.scorer import Scorer
-from twinv2.serve.store import StoreNotReady
+from twinv2.serve.store import StoreCorrupt, StoreNotReady
 
 Int64 = Annotated[int, Field(ge=-(1 << 63), le=(1 << 63) - 1)]
 PATHS = ("/v1/score", "/healthz", "/metrics")  # metric labels: anything else is "other" (bounded cardinality)
@@ -165,6 +167,7 @@ def create_app(scorer: Scorer, limits: Limits = Limits(), metrics: Metrics | Non
     time), wrapped so every response is counted; the FastAPI app itself is the wrapper's `.app`."""
     metrics = metrics or Metrics(info=lambda: _info(scorer))
     limiter = anyio.CapacityLimiter(limits.concurrency)
+    logged: set[tuple[str, int]] = set()  # damaged store values already written to the log
     app = FastAPI(title="twinv2 scoring", version="1", docs_url=None, redoc_url=None)
     app.state.metrics, app.state.scorer, app.state.limits = metrics, scorer, limits
 
@@ -197,6 +200,13 @@ def create_app(scorer: Scorer, limits: Limits = Limits(), metrics: Metrics | Non
                 return scorer.score(req.user_id, req.candidates, req.ts, recent=recent)
             except (ModelNotReady, StoreNotReady) as e:
                 raise ApiError(503, str(e)) from None
+            except StoreCorrupt as e:  # before ValueError: a DataError, but the server's fault, not the request's
+                metrics.count("store_corrupt_values")
+                if len(logged) < 100 and (e.version, e.user_id) not in logged:  # once per value, bounded
+                    logged.add((e.version, e.user_id))
+                    print(f"twinv2 serve: error: {e}", file=sys.stderr, flush=True)
+                raise ApiError(500, f"cluster store damaged: the clusters of user {e.user_id} in version "
+                                    f"{e.version!r} fail their checksum; no scores were computed") from None
             except ValueError as e:  # the request's values (a time before the snapshot)
                 raise ApiError(422, str(e)) from None
 

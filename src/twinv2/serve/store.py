@@ -14,14 +14,20 @@ would run out of them as versions come and go.
 A user's value is columnar, in the snapshot's cluster order (so the scorer rebuilds exactly the inputs the
 offline batcher builds from the Parquet parts)::
 
-    header  <BBHI   format (1), code of n's dtype (1 = uint16, 2 = int32), 0, C
+    header  <BBHI   format (VALUE_FORMAT, 2), code of n's dtype (1 = uint16, 2 = int32), 0, C
     item_id int64[C]    Eq. 6-7's representative item (raw id: the model's vocabulary maps it to a row)
     ts      float64[C]  mean behaviour time (Eq. 5); float64 because the age bucket at request time needs it
     n       uint16[C] (int32 when a cluster has >= 65,536 members): cluster size, for ln n (Eq. 9)
     play    int8[C]     play-time bucket of the mean play time (train/features.py)
     ratio   int8[C]     completion-ratio bucket of the mean ratio
+    crc32   <I          zlib.crc32 of everything before it
 
-22 bytes per cluster instead of the snapshot's 61. Play time and ratio are stored as the buckets the model
+LMDB keeps no checksums of its own, so the CRC is what stands between a damaged page and scores computed from
+changed clusters: a value that fails it raises StoreCorrupt (a DataError naming the store, version and user),
+which the server answers with a 500 for that request (serve/app.py). Format 1 (no CRC) is not read: a version
+loaded with another value format is loaded again by `load_snapshot` (its info records `value_format`).
+
+22 bytes per cluster (+ 12 per user) instead of the snapshot's 61. Play time and ratio are stored as the buckets the model
 reads, which are exact; fp16 is used nowhere because ln n, the mean time and the buckets all enter the
 scores, and any rounding of them would break the online == offline equality (max abs diff <= 1e-5).
 
@@ -38,6 +44,7 @@ import json
 import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,10 +52,12 @@ from typing import Any
 import numpy as np
 
 from twinv2.offline.store import ClusterSnapshot
+from twinv2.schema import DataError
 from twinv2.train.features import N_PLAY, N_RATIO, play_bucket, ratio_bucket
 
-VALUE_FORMAT = 1
+VALUE_FORMAT = 2  # 2: a CRC32 after each value (1 had none)
 _HEADER = struct.Struct("<BBHI")
+_CRC = struct.Struct("<I")
 _N_DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<i4")}
 _ID = struct.Struct(">I")
 META = _ID.pack(0)  # version id 0 is the metadata namespace
@@ -56,6 +65,7 @@ CURRENT = META + b"current"
 NEXT_ID = META + b"next_id"
 # Bucket definitions the stored play/ratio values follow (recorded per version).
 FEATURES = {"play_buckets": N_PLAY, "ratio_buckets": N_RATIO}
+REDO = "load the snapshot into a new store (`twinv2 serve --store NEW --snapshot SNAP`)"
 
 _ENVS: dict[str, Any] = {}  # LMDB forbids opening one environment twice in a process: share one handle
 _ENVS_LOCK = threading.Lock()
@@ -63,6 +73,15 @@ _ENVS_LOCK = threading.Lock()
 
 class StoreNotReady(RuntimeError):
     """The store holds no snapshot yet (load one with `ClusterStore.load_snapshot`)."""
+
+
+class StoreCorrupt(DataError):
+    """A stored value fails its checksum or its layout: the store is damaged (a server-side fault, never the
+    request's). `user_id` and `version` say which value, for a message that need not show the store's path."""
+
+    def __init__(self, message: str, user_id: int, version: str) -> None:
+        super().__init__(message)
+        self.user_id, self.version = user_id, version
 
 
 @dataclass(frozen=True)
@@ -91,7 +110,7 @@ def encode(item_id: np.ndarray, ts: np.ndarray, n: np.ndarray, play: np.ndarray,
     """One user's clusters → the value bytes (see the module docstring)."""
     C = len(item_id)
     code = 1 if C == 0 or int(np.max(n)) < 65_536 else 2
-    return b"".join([
+    body = b"".join([
         _HEADER.pack(VALUE_FORMAT, code, 0, C),
         np.ascontiguousarray(item_id, "<i8").tobytes(),
         np.ascontiguousarray(ts, "<f8").tobytes(),
@@ -99,12 +118,29 @@ def encode(item_id: np.ndarray, ts: np.ndarray, n: np.ndarray, play: np.ndarray,
         np.ascontiguousarray(play, "i1").tobytes(),
         np.ascontiguousarray(ratio, "i1").tobytes(),
     ])
+    return body + _CRC.pack(zlib.crc32(body))
 
 
-def decode(user_id: int, version: str, value: bytes) -> UserClusters:
-    fmt, code, _, C = _HEADER.unpack_from(value, 0)
-    if fmt != VALUE_FORMAT or code not in _N_DTYPES:
-        raise ValueError(f"user {user_id}: stored value has format {fmt}/{code}, expected {VALUE_FORMAT}")
+def decode(user_id: int, version: str, value: bytes, store: str = "cluster store") -> UserClusters:
+    """The value bytes → the user's clusters; StoreCorrupt (naming `store`, the version and the user) when they
+    fail their CRC or their layout."""
+    def corrupt(why: str) -> StoreCorrupt:
+        return StoreCorrupt(f"{store}: the stored clusters of user {user_id} in version {version!r} {why}: the "
+                            f"store is damaged; {REDO}", user_id, version)
+
+    if len(value) < _HEADER.size + _CRC.size:
+        raise corrupt(f"are {len(value)} bytes, shorter than a header and a checksum")
+    fmt = value[0]
+    if fmt != VALUE_FORMAT:  # checked first: a format-1 value has no CRC to check
+        raise corrupt(f"have value format {fmt}, expected {VALUE_FORMAT} (a store written by another twinv2 "
+                      f"version, or damage)")
+    if zlib.crc32(memoryview(value)[:-_CRC.size]) != _CRC.unpack_from(value, len(value) - _CRC.size)[0]:
+        raise corrupt("fail their CRC32")
+    _, code, _, C = _HEADER.unpack_from(value, 0)
+    if code not in _N_DTYPES:
+        raise corrupt(f"have n-dtype code {code}")
+    if len(value) != _HEADER.size + C * (18 + _N_DTYPES[code].itemsize) + _CRC.size:
+        raise corrupt(f"are {len(value)} bytes, not what {C} clusters take")
     o = _HEADER.size
     item = np.frombuffer(value, "<i8", C, o)
     o += 8 * C
@@ -191,7 +227,8 @@ class ClusterStore:
         version = version or snapshot_version(snap)
         if not isinstance(version, str) or not version or len(version.encode()) > 200:
             raise ValueError(f"bad store version name {version!r}: a non-empty string of at most 200 bytes")
-        if version not in self.versions():
+        have = self.versions().get(version)
+        if have is None or have.get("value_format") != VALUE_FORMAT:  # an older format is loaded again, never read
             t0 = time.perf_counter()
             with self.env.begin(write=True) as txn:
                 raw = txn.get(NEXT_ID)
@@ -206,10 +243,12 @@ class ClusterStore:
                     print(f"  shard {s + 1}/{snap.n_shards}: {users} users, {clusters} clusters")
             info = {"id": vid, "snapshot": str(snap.path), "snapshot_ts": snap.snapshot_ts, "users": users,
                     "clusters": clusters, "loaded_at": time.time(),
-                    "load_seconds": round(time.perf_counter() - t0, 3), **FEATURES}
+                    "load_seconds": round(time.perf_counter() - t0, 3), "value_format": VALUE_FORMAT, **FEATURES}
             with self.env.begin(write=True) as txn:
                 txn.put(META + b"info:" + version.encode(), json.dumps(info).encode())
         self.switch(version)
+        if have is not None and have.get("value_format") != VALUE_FORMAT:  # served no more: its values can go
+            self._delete_values(have["id"])
         return version
 
     def _load_shard(self, prefix: bytes, snap: ClusterSnapshot, shard: int) -> tuple[int, int]:
@@ -248,18 +287,21 @@ class ClusterStore:
         for _, name, vid in old[self.keep - 1:]:
             with self.env.begin(write=True) as txn:  # unlisted first: nobody switches to a half-deleted one
                 txn.delete(META + b"info:" + name.encode())
-            prefix = _ID.pack(vid)
-            while True:  # bounded transactions, so a reader-heavy server never waits on one huge delete
-                with self.env.begin(write=True) as txn:
-                    cur = txn.cursor()
-                    done = 0
-                    if cur.set_range(prefix):
-                        while done < batch and cur.key().startswith(prefix):
-                            if not cur.delete():
-                                break
-                            done += 1
-                if done < batch:
-                    break
+            self._delete_values(vid, batch)
+
+    def _delete_values(self, vid: int, batch: int = 10_000) -> None:
+        prefix = _ID.pack(vid)
+        while True:  # bounded transactions, so a reader-heavy server never waits on one huge delete
+            with self.env.begin(write=True) as txn:
+                cur = txn.cursor()
+                done = 0
+                if cur.set_range(prefix):
+                    while done < batch and cur.key().startswith(prefix):
+                        if not cur.delete():
+                            break
+                        done += 1
+            if done < batch:
+                break
 
     # ---- reads ---------------------------------------------------------------------------------------------
     def get(self, user_id: int) -> UserClusters:
@@ -270,7 +312,7 @@ class ClusterStore:
                 raise StoreNotReady(f"cluster store {self.path} holds no snapshot; load one first")
             value = txn.get(cur[:_ID.size] + user_key(user_id))
         version = cur[_ID.size:].decode()
-        return decode(user_id, version, _EMPTY if value is None else value)
+        return decode(user_id, version, _EMPTY if value is None else value, str(self.path))
 
 
 _EMPTY = encode(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int8))

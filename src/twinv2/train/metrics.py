@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+# metrics.json's integrity fields (written by the trainer, checked by the report): OUTPUTS maps each prediction
+# file of the run to its {"bytes", "sha256"} (data/checksum.py), METRICS_SHA256 is the body's own checksum
+# (data/storage.py `manifest_sha256`, that field left out); metrics.json is written last, so it vouches for all.
+OUTPUTS = "outputs"
+METRICS_SHA256 = "metrics_sha256"
+
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve; NaN when only one class is present."""

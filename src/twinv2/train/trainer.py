@@ -10,6 +10,7 @@ torch.distributed group (train/distributed.py) each rank trains and scores its s
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ import torch
 from tqdm import tqdm
 
 from twinv2.config import to_dict
-from twinv2.data.storage import Dataset, EvalDay, WarmupDay, write_json_atomic
+from twinv2.data.checksum import file_entry
+from twinv2.data.storage import Dataset, EvalDay, WarmupDay, json_default, manifest_sha256, write_json_atomic
 from twinv2.models.embeddings import ItemVocab
 from twinv2.models.frame import ItemTables, ModelConfig
 from twinv2.models.registry import build_model, model_class
@@ -32,7 +34,7 @@ from twinv2.train.checkpoint import resolved_config, save_checkpoint
 from twinv2.train.distributed import (Ranks, SyncedOptimizer, backend as dist_backend, broadcast_state,
                                      evaluate_sharded, train_rows_sharded)
 from twinv2.train.features import N_DUR, Features, duration_bucket
-from twinv2.train.metrics import MIN_TEST_SAMPLES, auc, day_problem, gauc, summarise
+from twinv2.train.metrics import METRICS_SHA256, MIN_TEST_SAMPLES, OUTPUTS, auc, day_problem, gauc, summarise
 from twinv2.train.optim import SplitAdam
 from twinv2.train.retrieval import has_truth, kept_item_ids, retrieval_diagnostics
 from twinv2.train.step import batches, train_rows
@@ -202,7 +204,7 @@ class StreamingTrainer:
         if len(head):
             self.model.start_base_rate(float(head["label"].mean()))
         warmup = [self._warmup_day(d, samples) for d in self.ds.warmup_days]  # train-only days, in time order
-        results, kept, pooled = [], [], ([], [])
+        results, kept, pooled, written = [], [], ([], []), []
         for day in days:
             train = self._enter_day(day, samples[day.train_mask(samples["ts"])], [self.cfg.seed, day.index])
             test = samples[day.test_mask(samples["ts"])]
@@ -234,6 +236,7 @@ class StreamingTrainer:
                 if zero_shot is not None:
                     pred["zero_shot"] = zero_shot
                 pred.to_parquet(self.out / f"predictions-day{day.index}.parquet", index=False)
+                written.append(f"predictions-day{day.index}.parquet")
         summary = summarise(results)
         y_all = np.concatenate(pooled[0]) if pooled[0] else np.zeros(0)  # every test hour as one test set
         summary.update(pooled_auc=auc(y_all, np.concatenate(pooled[1]) if pooled[1] else np.zeros(0)),
@@ -248,7 +251,7 @@ class StreamingTrainer:
             summary["retrieval"] = retrieval_diagnostics(self.ds, pd.concat([k for k, _ in kept], ignore_index=True),
                                                          np.concatenate([i for _, i in kept]))
         if self.out:
-            write_json_atomic(self.out / "metrics.json", summary)
+            write_json_atomic(self.out / "metrics.json", sealed_metrics(self.out, summary, written))
         return summary
 
     @staticmethod
@@ -261,3 +264,13 @@ class StreamingTrainer:
             m["oracle_auc"] = auc(y, p)
             m["oracle_gauc"] = gauc(u, y, p)[0]
         return m
+
+
+def sealed_metrics(out: Path, summary: dict[str, Any], written: list[str]) -> dict[str, Any]:
+    """metrics.json's body: `summary`, the {"bytes", "sha256"} of each prediction file this run wrote (OUTPUTS)
+    and the body's own checksum (METRICS_SHA256), so the report refuses a damaged file instead of reading changed
+    numbers (issue 14: a byte flip in a Parquet page often still decodes)."""
+    body = {**summary, OUTPUTS: {name: file_entry(out / name) for name in written}}
+    body = json.loads(json.dumps(body, default=json_default))  # plain JSON types: the checksum reads back equal
+    body[METRICS_SHA256] = manifest_sha256(body, METRICS_SHA256)
+    return body
