@@ -82,7 +82,7 @@ def test_ablations_change_only_log_n():
     cfg = experiment_preset("demo")
     full, gsu = cfg.train_config("twin_v2"), cfg.train_config("twin_v2", {"log_n_gsu": False})
     assert full.model_cfg.attention.log_n_gsu and not gsu.model_cfg.attention.log_n_gsu
-    assert gsu.model_cfg.attention.log_n_esu and gsu.max_train_per_day == full.max_train_per_day == 5_000
+    assert gsu.model_cfg.attention.log_n_esu and gsu.max_train_per_day == full.max_train_per_day == 2_500
 
 
 def test_a_folder_with_another_config_is_refused(tmp_path):

@@ -146,12 +146,12 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 # numbers show the pipeline, not settled conclusions. It keeps the `small` world's shapes (warm-up days,
 # requests of 10, impressions following each user's watching) with 9 impressions per behaviour instead of
 # 1.25, because 300 short-lived users would otherwise give ~2,200 samples a day: ~18,000 a day gives test hours
-# of ~1,000 samples (5,120 over five days, measured; was 2,349). Four warm-up days and 5,000 training samples a
-# day (of ~17,000) give each model 45,000. The learning curve on this world (mean AUC, the short-term frame;
-# 2,500 / 5,000 / every sample a day): TWIN 0.7892 / 0.7962 / 0.8058, TWIN-V2 0.7895 / 0.7968 / 0.8100, SIM Hard
-# 0.7974 / 0.8043 / 0.8133: every model keeps gaining, so the cap is a time budget: training is the one stage
-# that grows with it (~0.0075 s per sample summed over the main section's runs, SDIM a third of it), and every
-# sample would take the demo past 15 minutes; 5,000 keeps it near 11.
+# of ~1,000 samples (5,120 over five days, measured; was 2,349). Four warm-up days and 2,500 training samples a
+# day (of ~17,000) give each model 22,500. The learning curve on this world (mean AUC, the short-term frame;
+# 2,500 / 5,000 / 7,500 / every sample a day): TWIN 0.7892 / 0.7962 / 0.8046 / 0.8058, TWIN-V2 0.7895 / 0.7968 /
+# 0.8051 / 0.8100, SIM Hard 0.7974 / 0.8043 / 0.8085 / 0.8133: every model keeps gaining, so the cap is a time
+# budget, and training is the stage that grows with it: at 5,000 a day `make demo` took 17 min 25 s on this box
+# (SDIM 2 min 24 s, the sweep's 18 runs 7 min), over the 15-minute budget; 2,500 keeps it inside.
 # `small` is the issue's larger run (the `small` world: 2,000 users x 14.5k behaviours, 200k items) with
 # 10,000 training samples a day (of ~53,000) over its 5 warm-up and 5 evaluation days: 100k per model, the
 # curve's point where TWIN passed 0.78; `paper` is paper-shaped (20,000 users) for a bigger box.
@@ -159,7 +159,7 @@ _DEMO_WORLD = {"n_users": 300, "n_items": 20_000, "n_authors": 2_000, "length_me
                "length_max": 30_000, "n_shards": 4, "warmup_days": 4, "impressions_per_behaviour": 9.0}
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {"name": "demo", "world_preset": "small", "world": _DEMO_WORLD,
-             "train": {"max_train_per_day": 5_000}, "embed": {"max_pairs": 2_000_000},
+             "train": {"max_train_per_day": 2_500}, "embed": {"max_pairs": 2_000_000},
              "cluster_bench_users": 2, "sweep_world": {"n_users": 100}},
     "small": {"name": "small", "world_preset": "small", "train": {"max_train_per_day": 10_000},
               "cluster_bench_users": 5, "sweep_world": {"n_users": 300}},
