@@ -7,7 +7,6 @@ SIGKILL itself there, see twinv2.data.dirs.failpoint).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -16,10 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from twinv2.data.checksum import MARKER
 from twinv2.data.dirs import FAILPOINT_ENV
 from twinv2.data.storage import Dataset
 from twinv2.serve.server import cli_command
+
+from tests.faults.test_kill_generate import _digest, _leftovers  # the same digest and leftover rules
 
 FIX = Path(__file__).resolve().parents[1] / "data" / "fixtures"
 MAPPING = {"name": "tiny", "inputs": [str(FIX / "tiny_log.csv")],
@@ -28,11 +28,6 @@ MAPPING = {"name": "tiny", "inputs": [str(FIX / "tiny_log.csv")],
            "split": {"last_days": 2, "day_offset_hours": 0, "history": "label == 1"}}
 # Points of one run in order: validated (quarantine written), shards written, all but the manifest, commit.
 POINTS = ["import-read", "import-shards", "import-manifest", "commit"]
-
-
-def _digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MARKER}
 
 
 def _import(mapping: Path, out: Path, *extra: str, failpoint: str | None = None) -> int:
@@ -44,10 +39,6 @@ def _import(mapping: Path, out: Path, *extra: str, failpoint: str | None = None)
     if r.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(f"import exited {r.returncode}: {r.stderr[-2000:]}")
     return r.returncode
-
-
-def _leftovers(out: Path) -> list[str]:
-    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.twinv2-"))
 
 
 @pytest.fixture(scope="module")

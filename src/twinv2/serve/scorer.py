@@ -132,7 +132,7 @@ class Scorer:
         with torch.inference_mode():
             u = None if user is None else torch.as_tensor(np.asarray(user, np.int64))
             short = None
-            if recent is not None and getattr(mv.model, "short_len", 0):
+            if recent is not None and mv.model.short_len:
                 short = recent_seq(recent, ts, mv.vocab, Features.of("clusters").cross, mv.model.short_len)
             logits = mv.model.score(mv.cache, torch.from_numpy(cand), cluster_seq(inp), u, recent=short)
             probs = torch.sigmoid(logits)

@@ -100,8 +100,7 @@ class Batcher:
         if kind == "recent":
             csr = self.ds.csr(shard)
             c = csr.columns
-            elements = {**c, "play_ms": np.where(np.asarray(c["play_ms"]) >= 0, c["play_ms"], np.nan),
-                        "ratio": completion_ratio(c["play_ms"], c["duration_ms"])}
+            elements = raw_elements(c)
             return _Columns.from_elements(csr.user_ids, csr.offsets, self.vocab.rows(c["item_id"]), elements, specs)
         if self.snapshot is None:
             raise ValueError("a clusters batcher needs use_snapshot(...) before the first batch")
@@ -164,6 +163,13 @@ def _fill(parts: list, B: int, L: int, ts: np.ndarray, specs: tuple[FeatureSpec,
                log_n=None if log_n is None else torch.from_numpy(log_n))
 
 
+def raw_elements(c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Raw behaviour columns as the cross specs read them: play_ms with unknown (< 0) as NaN, and the
+    completion ratio."""
+    return {**c, "play_ms": np.where(np.asarray(c["play_ms"]) >= 0, c["play_ms"], np.nan),
+            "ratio": completion_ratio(c["play_ms"], c["duration_ms"])}
+
+
 def recent_seq(behaviours: dict[str, np.ndarray], ts: int, vocab: ItemVocab, specs: tuple[FeatureSpec, ...],
                S: int) -> Seq:
     """One user's latest `S` raw behaviours strictly before `ts` as the batcher builds them (1, S'):
@@ -173,9 +179,7 @@ def recent_seq(behaviours: dict[str, np.ndarray], ts: int, vocab: ItemVocab, spe
     n = len(c["ts"])
     if n and np.any(np.diff(c["ts"]) < 0):
         raise ValueError("recent behaviours must be in time order (oldest first)")
-    elements = {**c, "play_ms": np.where(c["play_ms"] >= 0, c["play_ms"], np.nan),
-                "ratio": completion_ratio(c["play_ms"], c["duration_ms"])}
-    col = _Columns.from_elements(np.zeros(1, np.int64), np.array([0, n]), vocab.rows(c["item_id"]), elements,
+    col = _Columns.from_elements(np.zeros(1, np.int64), np.array([0, n]), vocab.rows(c["item_id"]), raw_elements(c),
                                  specs)
     t = np.array([ts], np.int64)
     end = cuts_before(col.ts, np.zeros(1, np.int64), np.array([n]), t)
