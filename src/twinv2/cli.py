@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twinv2.schema import DataError
+from twinv2.schema import DataError, JobFailed
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "kuairand"
 
@@ -322,10 +322,13 @@ def _int_list(text: str) -> list[int]:
     return out
 
 
-def _write_json(path: str | Path, obj: Any) -> None:
+def _write_json(path: str | Path, obj: dict[str, Any]) -> None:
+    """A `--json` output: a sealed record (data/sealed.py), so the report can tell a damaged one."""
+    from twinv2.data.sealed import write_sealed
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    write_sealed(path, json.loads(json.dumps(obj, default=str)))
     print(f"wrote {path}")
 
 
@@ -502,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"twinv2: error: {e}", file=sys.stderr)
         return 2
+    except JobFailed as e:  # the machine's fault, not the input's: one line, the message says how to resume
+        print(f"twinv2: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("twinv2: interrupted", file=sys.stderr)
         return 130

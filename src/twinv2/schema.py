@@ -38,6 +38,11 @@ class DataError(ValueError):
     """Input that cannot be used at all; the message names the file, the column and, where it applies, the row."""
 
 
+class JobFailed(RuntimeError):
+    """A job stopped by a fault of the machine, not of its inputs (a worker process killed, out of memory): the
+    message says what was kept and how to resume; the CLI prints it as one line and exits 1."""
+
+
 @dataclass(frozen=True)
 class Column:
     name: str

@@ -11,6 +11,7 @@ import pytest
 
 from twinv2.data.premise import (BEYOND_WINDOW, IN_WINDOW, NOT_INTEREST, UNSEEN, evidence, expected_auc,
                                  load_premise, measure_premise, summarise_premise, target_codes, window_terms)
+from twinv2.data.sealed import read_sealed
 from twinv2.data.storage import eval_days, prepare_dir, write_manifest
 
 
@@ -72,7 +73,7 @@ def test_expected_auc_equals_the_pairwise_definition():
 
 def test_generated_world_has_its_premise_json(tiny_world):
     body = load_premise(tiny_world)
-    assert body is not None and body == json.loads((Path(tiny_world) / "premise.json").read_text())
+    assert body is not None and body == read_sealed(Path(tiny_world) / "premise.json", fix="")
     for key in ("window", "n_test_samples", "share_beyond_window", "share_in_window", "share_not_interest",
                 "share_unseen", "share_beyond_window_by_source", "oracle_auc_true", "oracle_auc_life",
                 "oracle_auc_window", "oracle_auc_no_far", "expected_auc_true", "expected_auc_life",

@@ -16,7 +16,7 @@ from twinv2.cli import main as cli_main
 from twinv2.data.storage import Dataset
 from twinv2.report.load import load_run
 from twinv2.schema import DataError
-from twinv2.serve.store import ClusterStore, StoreCorrupt, user_key
+from twinv2.serve.store import CURRENT, FORMAT_KEY, INFO, NEXT_ID, ClusterStore, StoreCorrupt, user_key
 from twinv2.serve.synthetic import synthetic_clusters, write_snapshot
 from twinv2.train.metrics import METRICS_SHA256, OUTPUTS
 
@@ -134,25 +134,50 @@ def test_the_server_answers_500_counts_it_and_serves_no_scores(store, capsys):
             assert r.status_code == 500 and "cluster store damaged" in r.json()["error"], r.text
             assert "scores" not in r.json() and str(store.path) not in r.text  # no server paths to clients
         assert "twinv2_store_corrupt_values_total 2" in c.get("/metrics").text
+        h = c.get("/healthz")  # one damaged value is enough: the replica is to be rebuilt
+        assert h.status_code == 503 and h.json()["store_corrupt_values"] == 2, h.text
     logged = [ln for ln in capsys.readouterr().err.splitlines() if "user 4" in ln]
     assert len(logged) == 1 and str(store.path) in logged[0]  # logged once, with the store's path
 
 
-def test_a_store_of_the_old_value_format_is_loaded_again(tmp_path):
-    import json
+def test_a_store_from_before_metadata_checksums_is_refused(store):
+    with store.env.begin(write=True) as txn:  # as a store written before the format key and the metadata CRCs
+        txn.delete(FORMAT_KEY)
+    with pytest.raises(DataError, match=rf"{store.path}: a cluster store without a format key"):
+        ClusterStore(store.path)
 
-    snap = write_snapshot(tmp_path / "snap", synthetic_clusters([1, 2], 3, 500, SNAP_TS, seed=2), SNAP_TS)
-    s = ClusterStore(tmp_path / "store")
-    v = s.load_snapshot(snap)
-    with s.env.begin(write=True) as txn:  # as a format-1 store's info reads (no value_format)
-        key = b"\0\0\0\0info:" + v.encode()
-        info = json.loads(txn.get(key))
-        del info["value_format"]
-        txn.put(key, json.dumps(info).encode())
-        txn.put(_key(s, 1), b"\x01" + bytes(txn.get(_key(s, 1)))[1:-4])  # a format-1 value: no CRC
-    with pytest.raises(StoreCorrupt, match="value format 1, expected 2"):
-        s.get(1)
-    assert s.load_snapshot(snap) == v and s.versions()[v]["id"] != info["id"]  # rebuilt, not reused
-    assert s.get(1).size == 3
-    with s.env.begin() as txn:
-        assert txn.get(b"\0\0\0\0" + info["id"].to_bytes(4, "big") + user_key(1)) is None  # old values gone
+
+@pytest.mark.parametrize("key", [CURRENT, NEXT_ID, "info"])
+def test_damaged_store_metadata_is_found_naming_the_key(store, key):
+    with store.env.begin(write=True) as txn:
+        key = next(k for k, _ in txn.cursor() if k.startswith(INFO)) if key == "info" else key
+        v = bytearray(txn.get(key))
+        v[len(v) // 2] ^= 0x01
+        txn.put(key, bytes(v))
+    with pytest.raises(StoreCorrupt, match=rf"{store.path}: the store's metadata '{key[4:].decode()}' fails its CRC32"):
+        if key == NEXT_ID:
+            store.load_snapshot(write_snapshot(store.path.parent / "snap2",
+                                               synthetic_clusters([7], 2, 500, SNAP_TS, seed=3), SNAP_TS))
+        elif key == CURRENT:
+            store.get(1)
+        else:
+            store.versions()
+
+
+def test_damaged_store_metadata_answers_500_and_healthz_503(store):
+    from fastapi.testclient import TestClient
+
+    from twinv2.serve.app import create_app
+    from twinv2.serve.scorer import Scorer
+
+    cache = SimpleNamespace(current=SimpleNamespace(version="m"), ready=False, reloads=0, reload_errors=0)
+    with TestClient(create_app(Scorer(cache, store))) as c:
+        assert c.get("/healthz").status_code == 200
+        with store.env.begin(write=True) as txn:
+            v = bytearray(txn.get(CURRENT))
+            v[-1] ^= 0x01
+            txn.put(CURRENT, bytes(v))
+        r = c.post("/v1/score", json={"user_id": 1, "candidates": [1, 2], "ts": SNAP_TS + 1})
+        assert r.status_code == 500 and "its metadata" in r.json()["error"] and "scores" not in r.json(), r.text
+        h = c.get("/healthz")
+        assert h.status_code == 503 and h.json()["status"] == "damaged", h.text

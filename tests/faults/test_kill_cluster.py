@@ -64,17 +64,18 @@ def _session(sid: int) -> list[str]:
     return out
 
 
-def _cluster(dataset: Path, out: Path, workers: int, failpoint: str | None = None) -> tuple[int, str]:
+def _cluster(dataset: Path, out: Path, workers: int, failpoint: str | None = None,
+             engine: str = "local") -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if k != FAILPOINT_ENV}
     if failpoint:
         env[FAILPOINT_ENV] = failpoint
     cmd = [*cli_command(), "cluster", str(dataset), "--snapshot-before", "eval:0", "--workers", str(workers),
-           "--out", str(out), "--quiet"]
+           "--out", str(out), "--engine", engine, "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
         _, err = proc.communicate(timeout=120)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while _session(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         left = _session(proc.pid)
@@ -113,6 +114,19 @@ def test_killing_the_job_alone_takes_its_workers_and_forkserver_with_it(tmp_path
 
 
 @pytest.mark.slow
+def test_killing_a_dask_job_takes_its_local_cluster_with_it(tmp_path, reference):
+    """The Dask engine's LocalCluster: its nanny and worker processes watch the job (distributed's parent-alive
+    pipe) and exit with it; the rerun resumes to the same bytes."""
+    dataset, expect = reference
+    out = tmp_path / "snap"
+    rc, err = _cluster(dataset, out, workers=2, failpoint="cluster-recorded", engine="dask")  # nothing left
+    assert rc == -signal.SIGKILL, err[-2000:]
+    rc, err = _cluster(dataset, out, workers=2, engine="dask")
+    assert rc == 0, err[-2000:]
+    assert _snapshot(out) == expect
+
+
+@pytest.mark.slow
 def test_killed_at_each_point_resumes_to_an_uninterrupted_runs_bytes(tmp_path, reference):
     dataset, expect = reference
     out = tmp_path / "snap"
@@ -140,8 +154,21 @@ def test_a_worker_killed_mid_shard_stops_the_run_and_the_rerun_resumes(tmp_path,
     out = tmp_path / "snap"
     for point in ("cluster-part", "cluster-part-written"):
         rc, err = _cluster(dataset, out, workers=2, failpoint=point)
-        assert rc == 1 and "worker process died" in err and "run the same command again" in err, err[-2000:]
+        assert rc == 1 and err.startswith("twinv2: error: a clustering worker process died") and \
+            "run the same command again" in err and len(err.strip().splitlines()) == 1, err[-2000:]  # no traceback
     rc, err = _cluster(dataset, out, workers=2)
+    assert rc == 0, err[-2000:]
+    assert _snapshot(out) == expect
+
+
+@pytest.mark.slow
+def test_dask_workers_dying_on_a_shard_stop_the_run_with_one_line_and_the_rerun_resumes(tmp_path, reference):
+    dataset, expect = reference
+    out = tmp_path / "snap"
+    rc, err = _cluster(dataset, out, workers=2, failpoint="cluster-part", engine="dask")  # every retry dies too
+    last = err.strip().splitlines()[-1]  # above it: Dask's own log lines about the restarted workers
+    assert rc == 1 and last.startswith("twinv2: error: Dask workers died") and "Traceback" not in err, err[-2000:]
+    rc, err = _cluster(dataset, out, workers=2, engine="dask")
     assert rc == 0, err[-2000:]
     assert _snapshot(out) == expect
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from twinv2.data.sealed import write_sealed
 from twinv2.data.stats import compute_stats
 from twinv2.data.storage import Dataset
 from twinv2.models.names import MODELS
@@ -142,18 +143,18 @@ def make_experiment(root: Path, world: Path, parts: tuple[str, ...] = ("meta", "
                                                                         "sweep", "kuairand")) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if "meta" in parts:
-        (root / "experiment.json").write_text(json.dumps({
+        write_sealed(root / "experiment.json", {
             "config": {"preset": "test", "world": {"name": "tiny"}, "models": list(MODELS)}, "seed": 7,
             "machine": {"platform": "Linux-test", "cpus": 2, "torch": "2.x", "python": "3.11"},
             "timings": {"generate": 2.5, "embed": 10.0, "cluster": 30.0, "train": 300.0, "report": 1.0},
             "started": "2024-01-01T00:00:00", "finished": "2024-01-01T00:06:00",
             "sections": {"main": "generated world (tiny)", "kuairand": "KuaiRand (test stand-in)"},
-            "sweep": {"values": [0.0, 0.5, 1.0], "models": ["twin", "twin_v2"]}}))
+            "sweep": {"values": [0.0, 0.5, 1.0], "models": ["twin", "twin_v2"]}})
     if "main" in parts:
         main = root / "main"
         shutil.copytree(world, main / "dataset", ignore=shutil.ignore_patterns("*.csr"))
         ds = Dataset(main / "dataset")
-        (main / "stats.json").write_text(json.dumps(compute_stats(ds)))
+        write_sealed(main / "stats.json", compute_stats(ds))
         snapshot_manifest(main / "dataset" / "clusters" / f"before-{ds.eval_days[0].start_ms}", ds)
         for i, m in enumerate(MODELS):
             write_predicted_run(main / "runs" / m, m, ds, noise=0.30 - 0.025 * i, seed=100 + i,
@@ -168,10 +169,10 @@ def make_experiment(root: Path, world: Path, parts: tuple[str, ...] = ("meta", "
                 write_predicted_run(main / "ablation" / v, "twin_v2", ds, noise=0.08 + 0.03 * j, seed=200 + j,
                                     keep_p_true=False)
         if "bench" in parts:
-            (main / "cluster_bench.json").write_text(json.dumps(cluster_bench()))
-            (root / "bench_train.json").write_text(json.dumps({"rows": [
+            write_sealed(main / "cluster_bench.json", cluster_bench())
+            write_sealed(root / "bench_train.json", {"rows": [
                 {"model": "twin_v2", "gsu_length": 10_000, "batch": 256, "threads": 2, "train_samples_per_s": 1200.0,
-                 "infer_samples_per_s": 5000.0, "peak_rss_gb": 2.5}], "targets_met": {}}))
+                 "infer_samples_per_s": 5000.0, "peak_rss_gb": 2.5}], "targets_met": {}})
     if "sweep" in parts:
         for v, gains in SWEEP_GAINS.items():
             base = [0.70 + 0.001 * i for i in range(5)]
@@ -184,7 +185,7 @@ def make_experiment(root: Path, world: Path, parts: tuple[str, ...] = ("meta", "
     if "kuairand" in parts:
         k = root / "kuairand"
         k.mkdir(parents=True, exist_ok=True)
-        (k / "stats.json").write_text(json.dumps(compute_stats(Dataset(world))))
+        write_sealed(k / "stats.json", compute_stats(Dataset(world)))
         for i, m in enumerate(("din", "sim_soft", "twin", "twin_v2")):
             write_value_run(k / "runs" / m, m, [0.75 + 0.001 * i + 0.0002 * d for d in range(5)],
                             [0.65 + 0.0015 * i - 0.0001 * d for d in range(5)])
@@ -199,7 +200,7 @@ def write_premise(dataset: Path, share: float, ceiling: float) -> dict:
             "window_days": {"median_all": 700.0, "median_heavy": 90.0, "heavy_min_length": 20_000,
                             "share_users_longer_than_window": 0.1}}
     dataset.mkdir(parents=True, exist_ok=True)
-    (dataset / "premise.json").write_text(json.dumps(body))
+    write_sealed(dataset / "premise.json", body)
     return body
 
 
@@ -247,14 +248,14 @@ def make_own_data_experiment(root: Path, dataset: Path) -> Path:
     model's predicted run (no p_true: no oracle), the ablations and a Table 4 on the data's own users."""
     ds = Dataset(dataset)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps({
+    write_sealed(root / "experiment.json", {
         "config": {"experiment": {"name": "own", "dataset": str(dataset)}}, "seed": 0,
         "machine": {"platform": "Linux-test", "cpus": 2}, "timings": {"train": 10.0},
         "started": "2024-01-01T00:00:00", "finished": "2024-01-01T00:01:00",
-        "sections": {"main": f"dataset {dataset}", "kuairand": "KuaiRand "}, "sweep": {"values": [], "models": []}}))
+        "sections": {"main": f"dataset {dataset}", "kuairand": "KuaiRand "}, "sweep": {"values": [], "models": []}})
     main = root / "main"
     main.mkdir()
-    (main / "stats.json").write_text(json.dumps(compute_stats(ds)))
+    write_sealed(main / "stats.json", compute_stats(ds))
     snapshot_manifest(dataset / "clusters" / f"before-{ds.eval_days[0].start_ms}", ds)
     for i, m in enumerate(MODELS):
         write_predicted_run(main / "runs" / m, m, ds, noise=0.30 - 0.025 * i, seed=100 + i, zero_shot_noise=0.32)
@@ -263,5 +264,5 @@ def make_own_data_experiment(root: Path, dataset: Path) -> Path:
     bench = cluster_bench()
     bench["setup"].update(users=f"{dataset}: the 5 longest histories", T_min=900, T_max=2_500, T_median=1_200)
     bench["targets"][0]["name"] = "adaptive median seconds per user <= 0.050 at T=14,500, one core"
-    (main / "cluster_bench.json").write_text(json.dumps(bench))
+    write_sealed(main / "cluster_bench.json", bench)
     return root

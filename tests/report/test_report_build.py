@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from report_experiment import write_value_run
 
+from twinv2.data.sealed import write_sealed
 from twinv2.report import build_report, check_report
 
 
@@ -136,9 +137,9 @@ def test_external_dataset_and_an_unfinished_experiment(tmp_path, tiny_world):
     records `finished`."""
     exp = tmp_path / "exp"
     write_value_run(exp / "main" / "runs" / "twin", "twin", [0.7, 0.72], [0.6, 0.63])
-    (exp / "experiment.json").write_text(json.dumps({
+    write_sealed(exp / "experiment.json", {
         "config": {"dataset": str(tiny_world)}, "seed": 1, "machine": {"cpus": 2}, "started": "2024-01-01T00:00:00",
-        "finished": None, "timings": {"train main/twin": 12.0}}))
+        "finished": None, "timings": {"train main/twin": 12.0}})
     md = build_report(exp).read_text()
     t = json.loads((exp / "report" / "tables.json").read_text())
     assert t["main"]["cost"]["behaviour_parquet_bytes"] > 0  # the external dataset was found

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from twinv2.data.sealed import write_sealed
 from twinv2.serve.app import Limits, create_app
 from twinv2.serve.projections import ProjectionCache
 from twinv2.serve.scorer import Scorer
@@ -168,7 +169,7 @@ def test_a_running_server_picks_up_a_newer_checkpoint(tiny_checkpoint, tiny_stor
     pub = tmp_path / "pub"
     (pub / "checkpoints").mkdir(parents=True)
     shutil.copy(tiny_checkpoint, pub / "checkpoints" / "ckpt-000001.pt")
-    (pub / "LATEST").write_text(json.dumps({"checkpoint": "checkpoints/ckpt-000001.pt"}))
+    write_sealed(pub / "LATEST", {"checkpoint": "checkpoints/ckpt-000001.pt"})
     cache = ProjectionCache(pub)
     cache.start(poll_s=0.1)
     try:
@@ -176,8 +177,7 @@ def test_a_running_server_picks_up_a_newer_checkpoint(tiny_checkpoint, tiny_stor
             body = {"user_id": 3, "candidates": [1, 2, 3], "ts": request_ts}
             first = httpx.post(srv.url + "/v1/score", json=body, timeout=30).json()
             perturbed(tiny_checkpoint, pub / "checkpoints" / "ckpt-000002.pt")
-            (pub / "LATEST.tmp").write_text(json.dumps({"checkpoint": "checkpoints/ckpt-000002.pt"}))
-            (pub / "LATEST.tmp").replace(pub / "LATEST")
+            write_sealed(pub / "LATEST", {"checkpoint": "checkpoints/ckpt-000002.pt"})  # atomic
             import time
 
             deadline = time.monotonic() + 30

@@ -3,7 +3,6 @@ flight finish on their version; no request mixes two, under concurrent load)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from twinv2.data.sealed import write_sealed
 from twinv2.serve.projections import (
     ModelNotReady,
     ProjectionCache,
@@ -50,7 +50,7 @@ def test_sources_files_run_folders_and_latest_pointers(tiny_checkpoint, tmp_path
     assert resolve_checkpoint(run) == run / "checkpoint.pt"
     (run / "checkpoints").mkdir()
     perturbed(tiny_checkpoint, run / "checkpoints" / "ckpt-000001.pt")
-    (run / "LATEST").write_text(json.dumps({"checkpoint": "checkpoints/ckpt-000001.pt"}))
+    write_sealed(run / "LATEST", {"checkpoint": "checkpoints/ckpt-000001.pt"})
     assert resolve_checkpoint(run) == run / "checkpoints" / "ckpt-000001.pt"
     with pytest.raises(FileNotFoundError, match="neither LATEST nor checkpoint.pt"):
         resolve_checkpoint(tmp_path)

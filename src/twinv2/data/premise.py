@@ -29,10 +29,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from twinv2.config import from_dict
-from twinv2.data.storage import DAY_MS, Dataset, write_json_atomic
+from twinv2.data.sealed import read_sealed_if_present, write_sealed
+from twinv2.data.storage import DAY_MS, Dataset
 
 WINDOW = 10_000  # TWIN's GSU reads the latest 10,000 behaviours (paper §4.1)
 PREMISE_FILE = "premise.json"
+REMEASURE = "delete it: `twinv2 experiment` measures the premise again when it resumes"
 HEAVY_SHARE = 0.02  # "heavy users": the longest 2% of histories (paper §1: 2% of users bring 60% of watch time)
 NOT_INTEREST, IN_WINDOW, BEYOND_WINDOW, UNSEEN = range(4)  # evidence codes of a sample's target
 CODE_NAMES = ("not_interest", "in_window", "beyond_window", "unseen")
@@ -276,11 +278,10 @@ def premise_path(root: str | Path) -> Path:
 def write_premise(root: str | Path, window: int = WINDOW) -> dict[str, Any]:
     """Measure the premise of the generated world at `root` and write it to ROOT/premise.json."""
     body = measure_premise(root, window)
-    write_json_atomic(premise_path(root), body)
+    write_sealed(premise_path(root), body)
     return body
 
 
 def load_premise(root: str | Path) -> dict[str, Any] | None:
-    """ROOT/premise.json, or None when the dataset has none (imported data)."""
-    p = premise_path(root)
-    return json.loads(p.read_text()) if p.is_file() else None
+    """ROOT/premise.json, or None when the dataset has none (imported data); DataError naming it when damaged."""
+    return read_sealed_if_present(premise_path(root), fix=REMEASURE)

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from twinv2.data.storage import Dataset, write_json_atomic
+from twinv2.data.sealed import read_sealed, write_sealed
+from twinv2.data.storage import Dataset
 from twinv2.schema import DataError
 from twinv2.experiment.config import ABLATIONS, ExperimentConfig
 
@@ -46,7 +47,7 @@ class Experiment:
     # ---- bookkeeping ------------------------------------------------------------------------------------
     def _open_record(self) -> dict[str, Any]:
         if self.record_path.exists():
-            old = json.loads(self.record_path.read_text())
+            old = read_sealed(self.record_path, fix=f"start the experiment in a new --out (or delete {self.out})")
             # The experiment's own settings must match; the resolved stage configs are those of the first run
             # (a stage config gaining a defaulted field in a later version does not block a resume).
             if old.get("config", {}).get("experiment") != json.loads(json.dumps(self.resolved["experiment"])):
@@ -66,7 +67,7 @@ class Experiment:
         return f"generated world '{self.cfg.name}' ({w.n_users:,} users, {w.n_items:,} items)"
 
     def _save(self) -> None:
-        write_json_atomic(self.record_path, self.record)
+        write_sealed(self.record_path, self.record)
 
     def _say(self, msg: str) -> None:
         if self.progress:
@@ -170,7 +171,7 @@ class Experiment:
         if path.exists():
             return "skipped"
         path.parent.mkdir(parents=True, exist_ok=True)  # EXP/main/ does not exist yet when `dataset:` is used
-        write_json_atomic(path, compute_stats(Dataset(root)))
+        write_sealed(path, compute_stats(Dataset(root)))
         _ensure_premise(Dataset(root))
         return None
 
@@ -213,7 +214,7 @@ class Experiment:
                                n_users=self.cfg.cluster_bench_users, big_user=False, seed=self.cfg.seed,
                                progress=self.progress)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, result)
+        write_sealed(path, result)
         return None
 
     def _train(self, root: Path, model: str, out: Path, attention: dict[str, Any] | None = None,

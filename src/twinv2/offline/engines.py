@@ -29,7 +29,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from twinv2.data.lifeline import Lifeline
-from twinv2.schema import DataError
+from twinv2.schema import DataError, JobFailed
 
 
 @contextlib.contextmanager
@@ -130,7 +130,7 @@ def _run_pool(tasks, cfg, users, finished, bar, work, init_worker, hold) -> list
                     try:
                         stats = f.result()
                     except BrokenProcessPool:
-                        raise RuntimeError(f"a clustering worker process died (killed, or out of memory?) while "
+                        raise JobFailed(f"a clustering worker process died (killed, or out of memory?) while "
                                            f"shard {shard} was pending; the shards already finished are kept: "
                                            f"run the same command again to resume") from None
                     except Exception as e:
@@ -154,7 +154,7 @@ def _run_pool(tasks, cfg, users, finished, bar, work, init_worker, hold) -> list
 
 
 def _run_dask(tasks, cfg, users, finished, bar, work) -> list[dict[str, Any]]:
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, KilledWorker, LocalCluster, as_completed
 
     with contextlib.ExitStack() as stack:
         if cfg.scheduler:
@@ -173,6 +173,10 @@ def _run_dask(tasks, cfg, users, finished, bar, work) -> list[dict[str, Any]]:
             for f in as_completed(futs):
                 try:
                     stats = f.result()
+                except KilledWorker:  # Dask gave up after its workers died on the task (allowed-failures)
+                    raise JobFailed(f"Dask workers died (killed, or out of memory?) running shard "
+                                    f"{shard_of[f.key]}; the shards already finished are kept: run the same "
+                                    f"command again to resume") from None
                 except Exception as e:
                     raise RuntimeError(f"clustering shard {shard_of[f.key]} failed: {e}") from e
                 bar.update(users[stats["shard"]])

@@ -115,7 +115,7 @@ def read_manifest(snapshot_dir: str | Path) -> dict[str, Any] | None:
     try:
         m = json.loads(p.read_text())
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise DataError(f"{p}: unreadable manifest ({str(e)[:120]}); {REDO}") from None
+        raise DataError(f"{p}: unreadable manifest ({str(e)[:120]}): the file is damaged; {REDO}") from None
     if not isinstance(m, dict):
         raise DataError(f"{p}: not a cluster snapshot manifest (a JSON {type(m).__name__}); {REDO}")
     if m.get("format") != FORMAT:

@@ -7,7 +7,9 @@ rest of the report.
 Damage is different: a run's metrics.json carries the checksum of each prediction file (`outputs`) and of its
 own body (`metrics_sha256`, train/metrics.py), and a mismatch raises DataError naming the file (`twinv2 report`
 exits 2) rather than building a report from changed numbers. Runs written before those fields existed carry
-neither and are read as they are.
+neither and are read as they are. The experiment's small records (experiment.json, stats.json,
+cluster_bench.json, bench_train.json) are sealed records (data/sealed.py) and the cluster snapshots' manifests
+carry their own checksum: each is checked, and a damaged one raises DataError naming it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import numpy as np
 import pandas as pd
 
 from twinv2.data.checksum import MARKER, VerifiedMarker, verify_files
+from twinv2.data.sealed import read_sealed_if_present
 from twinv2.data.storage import manifest_sha256
 from twinv2.models.names import DISPLAY, MODELS  # torch-free: the one list of models
+from twinv2.offline.store import read_manifest as read_snapshot_manifest
 from twinv2.schema import DataError
 from twinv2.train.metrics import METRICS_SHA256, OUTPUTS
 
@@ -45,23 +49,13 @@ def model_order(names) -> list[str]:
     return known + sorted(n for n in names if n not in MODELS)
 
 
-def read_json(path: Path, problems: list[str]) -> Any:
-    """Parsed JSON, or None when the file is missing; an unreadable file is noted in `problems`."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        problems.append(f"{path}: unreadable ({e})")
-        return None
-
-
+RESUME = "delete it and resume the experiment (`twinv2 experiment` with the same config and --out rebuilds it)"
 RERUN = "rerun the training of this run (`twinv2 train ... --out RUN --overwrite`, or delete the run folder and " \
         "resume the experiment)"
 
 
 def read_metrics(path: Path, problems: list[str]) -> Any:
-    """A run's metrics.json like `read_json`, but one that carries checksums (or once did: their field names are
+    """A run's metrics.json (None when missing, an unreadable one noted in `problems`), but one that carries checksums (or once did: their field names are
     in its bytes) must match them: a damaged one raises DataError naming it."""
     if not path.is_file():
         return None
@@ -202,14 +196,14 @@ def load_section(root: Path, key: str, label: str, problems: list[str],
     snaps = []
     if dataset is not None:
         for mf in sorted((dataset / "clusters").glob("*/manifest.json")):
-            m = read_json(mf, problems)
-            if isinstance(m, dict):
-                snaps.append((mf.parent, m))
+            snaps.append((mf.parent, read_snapshot_manifest(mf.parent)))
     runs, seeds = split_seeds(load_runs(root / "runs", problems))
-    sec = Section(key=key, label=label, root=root, dataset=dataset, stats=read_json(root / "stats.json", problems),
+    sec = Section(key=key, label=label, root=root, dataset=dataset,
+                  stats=read_sealed_if_present(root / "stats.json", RESUME),
                   runs=runs, seeds=seeds,
                   ablation=load_runs(root / "ablation", problems, names=ABLATIONS),
-                  cluster_bench=read_json(root / "cluster_bench.json", problems), snapshots=snaps)
+                  cluster_bench=read_sealed_if_present(root / "cluster_bench.json", RESUME),
+                  snapshots=snaps)
     return None if sec.empty else sec
 
 
@@ -279,8 +273,7 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
     if not root.is_dir():
         raise ValueError(f"experiment folder not found: {root}")
     problems: list[str] = []
-    meta = read_json(root / "experiment.json", problems)
-    meta = meta if isinstance(meta, dict) else {}
+    meta = read_sealed_if_present(root / "experiment.json", "run the experiment again in a new folder") or {}
     labels = meta.get("sections") or {}
     main = load_section(root / "main", "main", labels.get("main", "main"), problems, external_dataset(meta) or None)
     kuairand = load_section(root / "kuairand", "kuairand", labels.get("kuairand", "KuaiRand"), problems)
@@ -294,7 +287,7 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
                 if s is not None:
                     sweep[v] = s
     sweep = dict(sorted(sweep.items()))
-    bench = read_json(root / "bench_train.json", problems)
+    bench = read_sealed_if_present(root / "bench_train.json", "run `twinv2 bench train --json` again")
     return Experiment(root=root, meta=meta, main=main, kuairand=kuairand, sweep=sweep, bench_train=bench,
                       problems=problems)
 

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from twinv2.data.premise import REMEASURE
+from twinv2.data.sealed import read_sealed_if_present
 from twinv2.report.load import Experiment, Section
 from twinv2.report.tables import num, signed
 from twinv2.train import significance as sig
@@ -158,13 +160,8 @@ def premise_table(exp: Experiment, main_boot: dict[str, Any] | None, sweep: dict
 
 
 def read(path: Path) -> dict[str, Any] | None:
-    """premise.json's body; None when absent or unreadable (both read "not measured")."""
-    import json
-
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
+    """premise.json's body; None when absent ("not measured"); DataError naming it when damaged."""
+    return read_sealed_if_present(path, fix=REMEASURE)
 
 
 def _row(key: str, value: float | None, sec: Section, exp: Experiment, boot: dict[str, Any] | None) -> dict[str, Any]:

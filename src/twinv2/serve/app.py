@@ -9,8 +9,9 @@ Bad input never reaches the scorer and never causes a 5xx: a body over `max_body
 body not complete within `read_timeout_s` (30 s) 408, a body that is not JSON 400, a wrong shape or type, an
 unknown field, more than `max_candidates` (2,000) or an impossible `ts` 422, each with a message naming what is
 wrong. 503 means no model or snapshot is loaded yet. 500 with "cluster store damaged" means the user's stored
-clusters fail their CRC (serve/store.py): that request gets no scores, the damaged value is logged once and
-every such answer is counted (`twinv2_store_corrupt_values_total`); other users are still served.
+clusters (or the store's metadata) fail their CRC (serve/store.py): that request gets no scores, the damaged
+value is logged once and every such answer is counted (`twinv2_store_corrupt_values_total`); other users are
+still served, and `/healthz` answers 503 "damaged" from then on, so the replica can be taken out and rebuilt.
 An unknown user is scored with an empty life cycle and an unknown item with the fallback embedding (scorer.py).
 A client that disconnects before its body is read is counted as an abort (status label 499, kind "aborted"),
 neither a server error nor a traceback.
@@ -205,8 +206,10 @@ def create_app(scorer: Scorer, limits: Limits = Limits(), metrics: Metrics | Non
                 if len(logged) < 100 and (e.version, e.user_id) not in logged:  # once per value, bounded
                     logged.add((e.version, e.user_id))
                     print(f"twinv2 serve: error: {e}", file=sys.stderr, flush=True)
-                raise ApiError(500, f"cluster store damaged: the clusters of user {e.user_id} in version "
-                                    f"{e.version!r} fail their checksum; no scores were computed") from None
+                what = ("its metadata" if e.user_id is None else
+                        f"the clusters of user {e.user_id} in version {e.version!r}")
+                raise ApiError(500, f"cluster store damaged: {what} fail their checksum; no scores were "
+                                    f"computed") from None
             except ValueError as e:  # the request's values (a time before the snapshot)
                 raise ApiError(422, str(e)) from None
 
@@ -224,11 +227,20 @@ def create_app(scorer: Scorer, limits: Limits = Limits(), metrics: Metrics | Non
 
     @app.get("/healthz")
     def healthz() -> Response:
+        """200 "ok"; 503 "not ready" before a model and a snapshot are loaded; 503 "damaged" once the store's
+        metadata or any user's value failed its checksum (a replica to take out of rotation and rebuild)."""
         try:
-            return _json(200, {"status": "ok", "model_version": scorer.cache.current.version,
-                               "snapshot_version": scorer.store.version or _no_snapshot(scorer)})
+            body = {"status": "ok", "model_version": scorer.cache.current.version,
+                    "snapshot_version": scorer.store.version or _no_snapshot(scorer)}
         except (ModelNotReady, StoreNotReady) as e:
             return _json(503, {"status": "not ready", "error": str(e)})
+        except StoreCorrupt as e:
+            return _json(503, {"status": "damaged", "error": f"cluster store damaged: {e}"})
+        damaged = metrics.counters.get("store_corrupt_values", 0)
+        if damaged:
+            return _json(503, {**body, "status": "damaged", "store_corrupt_values": damaged,
+                               "error": f"{damaged} request(s) met damaged values in the cluster store; rebuild it"})
+        return _json(200, body)
 
     @app.get("/metrics")
     def prometheus() -> PlainTextResponse:

@@ -25,7 +25,6 @@ training step on each window, publishing) is train/nearline.py's `NearlineTraine
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -35,7 +34,8 @@ from typing import Any
 
 import pandas as pd
 
-from twinv2.data.storage import Dataset, EvalDay, write_json_atomic
+from twinv2.data.sealed import read_sealed_if_present, write_sealed
+from twinv2.data.storage import Dataset, EvalDay
 from twinv2.schema import DataError
 from twinv2.serve import ingest
 from twinv2.train.checkpoint import LATEST, resolve_checkpoint
@@ -135,16 +135,12 @@ class Nearline:
         base = {"processed_until": None, "refreshed_until": None, "snapshot": None, "seq": 0, "windows": 0,
                 "samples_trained": 0, "late_samples": 0, "quarantined": 0, "files": {}, "refreshes": [],
                 "config": asdict(self.cfg)}
-        if p.is_file():
-            try:
-                base.update(json.loads(p.read_text()))
-            except ValueError as e:
-                raise ValueError(f"{p}: unreadable state ({e}); move it away to start afresh") from e
+        base.update(read_sealed_if_present(p, fix="move it away to start afresh from the latest checkpoint") or {})
         base["config"] = asdict(self.cfg)
         return base
 
     def _save_state(self) -> None:
-        write_json_atomic(self.out / STATE, self.state)
+        write_sealed(self.out / STATE, self.state)
 
     def _log(self, msg: str) -> None:
         if self.progress:

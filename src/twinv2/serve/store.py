@@ -3,9 +3,15 @@ atomically (paper §3.4: the offline job's clusters are what the online GSU/ESU 
 
 Layout of one LMDB environment (a folder holding data.mdb and lock.mdb), one key space::
 
+    \0\0\0\0 format             -> STORE_FORMAT
     \0\0\0\0 current            -> id (4 bytes, big-endian) + name of the served version
+    \0\0\0\0 next_id            -> the next version's id (4 bytes, big-endian)
     \0\0\0\0 info:<name>        -> JSON about that version (its id, snapshot, counts, load time)
     <id, 4 bytes> <user key>  -> the user's clusters in version <id> (user key: 8 bytes, big-endian)
+
+Every metadata value ends in the CRC32 of the bytes before it, as the users' values do (below): a damaged one
+raises StoreCorrupt naming the store and the key. A store without the format key was written before the
+metadata carried checksums and is refused (load the snapshot into a new store).
 
 Versions share one key space (prefixed by a numeric id) rather than one named database each: named database
 handles are per process and cannot be closed while another thread may use them, so a long-running server
@@ -25,7 +31,7 @@ offline batcher builds from the Parquet parts)::
 LMDB keeps no checksums of its own, so the CRC is what stands between a damaged page and scores computed from
 changed clusters: a value that fails it raises StoreCorrupt (a DataError naming the store, version and user),
 which the server answers with a 500 for that request (serve/app.py). Format 1 (no CRC) is not read: a version
-loaded with another value format is loaded again by `load_snapshot` (its info records `value_format`).
+in a store of this format cannot occur; one found is damage like any other.
 
 22 bytes per cluster (+ 12 per user) instead of the snapshot's 61. Play time and ratio are stored as the buckets the model
 reads, which are exact; fp16 is used nowhere because ln n, the mean time and the buckets all enter the
@@ -56,6 +62,7 @@ from twinv2.schema import DataError
 from twinv2.train.features import N_PLAY, N_RATIO, play_bucket, ratio_bucket
 
 VALUE_FORMAT = 2  # 2: a CRC32 after each value (1 had none)
+STORE_FORMAT = b"twinv2-cluster-store 2"  # 2: a CRC32 after each metadata value too (1 had none, and no key)
 _HEADER = struct.Struct("<BBHI")
 _CRC = struct.Struct("<I")
 _N_DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<i4")}
@@ -63,6 +70,8 @@ _ID = struct.Struct(">I")
 META = _ID.pack(0)  # version id 0 is the metadata namespace
 CURRENT = META + b"current"
 NEXT_ID = META + b"next_id"
+FORMAT_KEY = META + b"format"
+INFO = META + b"info:"
 # Bucket definitions the stored play/ratio values follow (recorded per version).
 FEATURES = {"play_buckets": N_PLAY, "ratio_buckets": N_RATIO}
 REDO = "load the snapshot into a new store (`twinv2 serve --store NEW --snapshot SNAP`)"
@@ -77,9 +86,10 @@ class StoreNotReady(RuntimeError):
 
 class StoreCorrupt(DataError):
     """A stored value fails its checksum or its layout: the store is damaged (a server-side fault, never the
-    request's). `user_id` and `version` say which value, for a message that need not show the store's path."""
+    request's). `user_id` and `version` say which value, for a message that need not show the store's path
+    (both None for a metadata value: then the whole store is unusable)."""
 
-    def __init__(self, message: str, user_id: int, version: str) -> None:
+    def __init__(self, message: str, user_id: int | None = None, version: str | None = None) -> None:
         super().__init__(message)
         self.user_id, self.version = user_id, version
 
@@ -153,6 +163,19 @@ def decode(user_id: int, version: str, value: bytes, store: str = "cluster store
     return UserClusters(int(user_id), version, item, ts, n, play, ratio)
 
 
+def seal(raw: bytes) -> bytes:
+    """A metadata value: `raw` and its CRC32."""
+    return raw + _CRC.pack(zlib.crc32(raw))
+
+
+def unseal(raw: bytes, key: bytes, store: str) -> bytes:
+    """The bytes of a metadata value (`seal`'s input); StoreCorrupt naming the store and key if it fails its CRC."""
+    if len(raw) < _CRC.size or zlib.crc32(memoryview(raw)[:-_CRC.size]) != _CRC.unpack_from(raw, len(raw) - 4)[0]:
+        raise StoreCorrupt(f"{store}: the store's metadata {key[len(META):].decode(errors='replace')!r} fails its "
+                           f"CRC32: the store is damaged; {REDO}")
+    return bytes(raw[:-_CRC.size])
+
+
 def snapshot_version(snapshot: ClusterSnapshot) -> str:
     """`<folder name>-<hash of its parts' checksums>`: a rerun with other content gets another version."""
     h = hashlib.sha256()
@@ -186,6 +209,24 @@ class ClusterStore:
             if key not in _ENVS:
                 _ENVS[key] = lmdb.open(key, map_size=map_size, max_readers=512, subdir=True)
             self.env = _ENVS[key]
+        self._check_format()
+
+    def _check_format(self) -> None:
+        """Stamp a new store with STORE_FORMAT; refuse one of another format (or none: written before it)."""
+        with self.env.begin(write=True) as txn:
+            have = txn.get(FORMAT_KEY)
+            if have is None and txn.cursor().first():
+                raise DataError(f"{self.path}: a cluster store without a format key (written by a twinv2 from "
+                                f"before its metadata carried checksums, or damaged); {REDO}")
+            if have is None:
+                txn.put(FORMAT_KEY, STORE_FORMAT)
+            elif bytes(have) != STORE_FORMAT:
+                raise DataError(f"{self.path}: cluster store format {bytes(have)[:60]!r}, expected {STORE_FORMAT!r} "
+                                f"(another twinv2 version, or damage); {REDO}")
+
+    def _meta(self, txn, key: bytes) -> bytes | None:
+        raw = txn.get(key)
+        return None if raw is None else unseal(raw, key, str(self.path))
 
     def __repr__(self) -> str:
         return f"ClusterStore({str(self.path)!r}, version={self.version!r})"
@@ -195,20 +236,19 @@ class ClusterStore:
     def version(self) -> str | None:
         """The version served now (None before the first load)."""
         with self.env.begin() as txn:
-            v = txn.get(CURRENT)
+            v = self._meta(txn, CURRENT)
         return None if v is None else v[_ID.size:].decode()
 
     def versions(self) -> dict[str, dict[str, Any]]:
         """Every version in the store → its info (id, snapshot path and time, users, clusters, load time)."""
         out = {}
-        prefix = META + b"info:"
         with self.env.begin() as txn:
             cur = txn.cursor()
-            if cur.set_range(prefix):
+            if cur.set_range(INFO):
                 for k, v in cur:
-                    if not k.startswith(prefix):
+                    if not k.startswith(INFO):
                         break
-                    out[k[len(prefix):].decode()] = json.loads(v)
+                    out[k[len(INFO):].decode()] = json.loads(unseal(v, k, str(self.path)))
         return out
 
     def info(self, version: str | None = None) -> dict[str, Any]:
@@ -227,13 +267,12 @@ class ClusterStore:
         version = version or snapshot_version(snap)
         if not isinstance(version, str) or not version or len(version.encode()) > 200:
             raise ValueError(f"bad store version name {version!r}: a non-empty string of at most 200 bytes")
-        have = self.versions().get(version)
-        if have is None or have.get("value_format") != VALUE_FORMAT:  # an older format is loaded again, never read
+        if version not in self.versions():
             t0 = time.perf_counter()
             with self.env.begin(write=True) as txn:
-                raw = txn.get(NEXT_ID)
+                raw = self._meta(txn, NEXT_ID)
                 vid = 1 if raw is None else _ID.unpack(raw)[0]
-                txn.put(NEXT_ID, _ID.pack(vid + 1))
+                txn.put(NEXT_ID, seal(_ID.pack(vid + 1)))
             prefix = _ID.pack(vid)
             users = clusters = 0
             for s in range(snap.n_shards):
@@ -245,10 +284,8 @@ class ClusterStore:
                     "clusters": clusters, "loaded_at": time.time(),
                     "load_seconds": round(time.perf_counter() - t0, 3), "value_format": VALUE_FORMAT, **FEATURES}
             with self.env.begin(write=True) as txn:
-                txn.put(META + b"info:" + version.encode(), json.dumps(info).encode())
+                txn.put(INFO + version.encode(), seal(json.dumps(info).encode()))
         self.switch(version)
-        if have is not None and have.get("value_format") != VALUE_FORMAT:  # served no more: its values can go
-            self._delete_values(have["id"])
         return version
 
     def _load_shard(self, prefix: bytes, snap: ClusterSnapshot, shard: int) -> tuple[int, int]:
@@ -270,14 +307,14 @@ class ClusterStore:
 
     def switch(self, version: str) -> None:
         """Serve `version` from the next read on (one write transaction), then delete the oldest extra ones."""
-        key = META + b"info:" + version.encode()
+        key = INFO + version.encode()
         with self.env.begin(write=True) as txn:
-            raw = txn.get(key)
+            raw = self._meta(txn, key)
             if raw is None:
                 raise ValueError(f"store {self.path} has no version {version!r}; it has {sorted(self.versions())}")
             info = json.loads(raw)
-            txn.put(key, json.dumps({**info, "served_at": time.time()}).encode())
-            txn.put(CURRENT, _ID.pack(info["id"]) + version.encode())
+            txn.put(key, seal(json.dumps({**info, "served_at": time.time()}).encode()))
+            txn.put(CURRENT, seal(_ID.pack(info["id"]) + version.encode()))
         self._prune(version)
 
     def _prune(self, current: str, batch: int = 10_000) -> None:
@@ -286,7 +323,7 @@ class ClusterStore:
                       if k != current), reverse=True)
         for _, name, vid in old[self.keep - 1:]:
             with self.env.begin(write=True) as txn:  # unlisted first: nobody switches to a half-deleted one
-                txn.delete(META + b"info:" + name.encode())
+                txn.delete(INFO + name.encode())
             self._delete_values(vid, batch)
 
     def _delete_values(self, vid: int, batch: int = 10_000) -> None:
@@ -307,7 +344,7 @@ class ClusterStore:
     def get(self, user_id: int) -> UserClusters:
         """The user's clusters in the served version (C = 0 for a user it lacks), read in one transaction."""
         with self.env.begin() as txn:
-            cur = txn.get(CURRENT)
+            cur = self._meta(txn, CURRENT)
             if cur is None:
                 raise StoreNotReady(f"cluster store {self.path} holds no snapshot; load one first")
             value = txn.get(cur[:_ID.size] + user_key(user_id))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import pickle
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from twinv2.config import from_dict, to_dict
+from twinv2.data.sealed import read_sealed
 from twinv2.models.embeddings import ItemVocab
 from twinv2.models.frame import CTRModel, ItemTables, ModelConfig
 from twinv2.models.registry import build_model
@@ -154,10 +154,10 @@ def resolve_checkpoint(source: str | Path) -> Path:
     if source.is_dir():
         latest = source / LATEST
         if latest.is_file():
-            try:
-                name = json.loads(latest.read_text())["checkpoint"]
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{latest}: unreadable pointer ({e})") from e
+            fix = "delete it to serve the folder's newest checkpoint, or name a checkpoint file"
+            name = read_sealed(latest, fix).get("checkpoint")
+            if not isinstance(name, str) or not name:
+                raise DataError(f"{latest}: no 'checkpoint' name in it; {fix}")
             return source / name
         if (source / "checkpoint.pt").is_file():
             return source / "checkpoint.pt"

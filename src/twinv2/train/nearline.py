@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from twinv2.config import from_dict
-from twinv2.data.storage import Dataset, EvalDay, write_json_atomic
+from twinv2.data.sealed import write_sealed
+from twinv2.data.storage import Dataset, EvalDay
 from twinv2.offline.store import ClusterSnapshot
 from twinv2.train.batching import Batcher
 from twinv2.train.checkpoint import LATEST, load_model, save_checkpoint
@@ -49,7 +50,7 @@ class NearlineTrainer:
         d.mkdir(parents=True, exist_ok=True)
         name = f"ckpt-{seq:06d}.pt"
         save_checkpoint(d / name, self.model, self.cfg, self.vocab, {"nearline": info})
-        write_json_atomic(Path(out) / LATEST, {"checkpoint": f"checkpoints/{name}", **info})
+        write_sealed(Path(out) / LATEST, {"checkpoint": f"checkpoints/{name}", **info})
         for old in sorted(d.glob("ckpt-*.pt"))[:-keep]:
             old.unlink(missing_ok=True)
         return d / name

@@ -14,7 +14,7 @@ from typing import Any
 
 from twinv2.data.checksum import file_entry
 from twinv2.data.dirs import MANIFEST
-from twinv2.data.storage import write_json_atomic
+from twinv2.data.sealed import write_sealed
 
 FORMAT = "twinv2-export"
 FORMAT_VERSION = 1
@@ -46,4 +46,4 @@ def write_manifest(root: Path, body: dict[str, Any]) -> None:
     """manifest.json of the export at `root`: `body`, then every other file's size and sha256. Written last."""
     root = Path(root)
     files = {p.name: file_entry(p) for p in sorted(root.iterdir()) if p.is_file() and p.name != MANIFEST}
-    write_json_atomic(root / MANIFEST, {"format": FORMAT, "version": FORMAT_VERSION, **body, "files": files})
+    write_sealed(root / MANIFEST, {"format": FORMAT, "version": FORMAT_VERSION, **body, "files": files})
