@@ -37,7 +37,7 @@ from twinv2.data.dirs import failpoint, staged_dir
 from twinv2.data.lifeline import Lifeline
 from twinv2.data.storage import (ShardedWriter, eval_days, part_name, shard_of, warmup_days, write_manifest,
                                  write_table)
-from twinv2.schema import BEHAVIOURS, SAMPLES
+from twinv2.schema import BEHAVIOURS, SAMPLES, JobFailed
 
 FLUSH_ROWS = 1 << 20  # behaviour rows buffered per shard before a Parquet write (~40 MB)
 FLUSH_USERS = 4096  # or this many users, whichever comes first
@@ -249,7 +249,7 @@ def _run_pool(jobs: list[ShardJob], n_workers: int, bar: tqdm) -> list[tuple[int
                         f.result()  # a worker's exception, or BrokenProcessPool if one died
             except BrokenProcessPool:
                 line.cut()
-                raise RuntimeError("a `generate` worker process died (killed, or out of memory?); nothing was "
+                raise JobFailed("a `generate` worker process died (killed, or out of memory?); nothing was "
                                    "written to the output folder; run the command again") from None
             except BaseException:
                 line.cut()  # the pool's exit then waits for dead workers, not for their shards
