@@ -70,9 +70,9 @@ def _snapshot_manifest(exp: Path) -> str:
     return next((exp / "main" / "dataset" / "clusters").glob("*/manifest.json")).relative_to(exp).as_posix()
 
 
-@pytest.mark.parametrize("rel", ["experiment.json", "main/stats.json", "main/cluster_bench.json", "bench_train.json",
-                                 "kuairand/stats.json", "main/dataset/premise.json", "sweep/fps-1.0/dataset/premise.json",
-                                 "snapshot"])
+@pytest.mark.parametrize("rel", ["experiment.json", "main/stats.json", "main/cluster_bench.json",
+                                 "bench_train.json", "kuairand/stats.json", "main/dataset/premise.json",
+                                 "sweep/fps-1.0/dataset/premise.json", "snapshot"])
 def test_a_flipped_record_stops_the_report_naming_it(exp, rel, capsys):
     rel = _snapshot_manifest(exp) if rel == "snapshot" else rel
     assert (exp / rel).is_file(), rel

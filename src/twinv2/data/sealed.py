@@ -39,23 +39,31 @@ def write_sealed(path: str | Path, body: dict[str, Any]) -> None:
     write_json_atomic(path, sealed(body))
 
 
-def unseal(path: str | Path, body: Any, fix: str) -> dict[str, Any]:
-    """`body` (parsed from `path`) without its seal, once the seal is checked; DataError naming `path` if not."""
+def check_seal(path: str | Path, body: Any, fix: str, field: str = SEAL, required: bool = True) -> None:
+    """DataError naming `path` unless `body` (parsed from it) is a JSON object whose `field` is the sha256 of
+    the rest. `required=False` lets a body without the field pass (a manifest format from before it had one:
+    cluster snapshot manifests of version 1)."""
     if not isinstance(body, dict):
         raise DataError(f"{path}: not a twinv2 record (a JSON {type(body).__name__}); {fix}")
-    if SEAL not in body:
-        raise DataError(f"{path}: no checksum ({SEAL}): the file is damaged, or was written by a twinv2 from "
+    if field not in body and not required:
+        return
+    if field not in body:
+        raise DataError(f"{path}: no checksum ({field}): the file is damaged, or was written by a twinv2 from "
                         f"before records carried one; {fix}")
-    if body[SEAL] != manifest_sha256(body, SEAL):
-        raise DataError(f"{path}: checksum mismatch ({SEAL}): the file is damaged or was edited after it was "
+    if body[field] != manifest_sha256(body, field):
+        raise DataError(f"{path}: checksum mismatch ({field}): the file is damaged or was edited after it was "
                         f"written; {fix}")
+
+
+def unseal(path: str | Path, body: Any, fix: str) -> dict[str, Any]:
+    """`body` (parsed from `path`) without its seal, once the seal is checked (`check_seal`)."""
+    check_seal(path, body, fix)
     return {k: v for k, v in body.items() if k != SEAL}
 
 
-def read_sealed(path: str | Path, fix: str) -> dict[str, Any]:
-    """The body of the sealed record at `path`, its seal checked. DataError naming the file when it is
-    unreadable, not a record, unsealed or damaged (`fix`: what the user should do, e.g. "delete it and resume");
-    FileNotFoundError when it does not exist (callers decide whether that is normal)."""
+def read_json_file(path: str | Path, fix: str) -> Any:
+    """Parsed JSON of `path`; DataError naming it when it cannot be read or parsed, FileNotFoundError when it
+    does not exist (callers decide whether that is normal)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -64,10 +72,16 @@ def read_sealed(path: str | Path, fix: str) -> dict[str, Any]:
     except OSError as e:
         raise DataError(f"{path}: unreadable ({e.strerror or e}); {fix}") from None
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise DataError(f"{path}: unreadable ({str(e)[:120]}): the file is damaged; {fix}") from None
-    return unseal(path, body, fix)
+
+
+def read_sealed(path: str | Path, fix: str) -> dict[str, Any]:
+    """The body of the sealed record at `path`, its seal checked. DataError naming the file when it is
+    unreadable, not a record, unsealed or damaged (`fix`: what the user should do, e.g. "delete it and resume");
+    FileNotFoundError when it does not exist."""
+    return unseal(path, read_json_file(path, fix), fix)
 
 
 def read_sealed_if_present(path: str | Path, fix: str) -> dict[str, Any] | None:

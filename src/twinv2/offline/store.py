@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from twinv2.data.checksum import MARKER, VerifiedMarker, verify_files
 from twinv2.data.checksum import sha256_file, sha256_tree  # noqa: F401 - the project's one hash, re-exported
+from twinv2.data.sealed import check_seal, read_json_file
 from twinv2.data.storage import json_default, manifest_sha256, shard_of, write_json_atomic
 from twinv2.schema import CLUSTER_COLUMNS, CLUSTER_ROW_BYTES, DataError
 
@@ -112,18 +113,13 @@ def read_manifest(snapshot_dir: str | Path) -> dict[str, Any] | None:
     p = Path(snapshot_dir) / MANIFEST
     if not p.is_file():
         return None
-    try:
-        m = json.loads(p.read_text())
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise DataError(f"{p}: unreadable manifest ({str(e)[:120]}): the file is damaged; {REDO}") from None
+    m = read_json_file(p, REDO)
     if not isinstance(m, dict):
         raise DataError(f"{p}: not a cluster snapshot manifest (a JSON {type(m).__name__}); {REDO}")
     if m.get("format") != FORMAT:
         raise DataError(f"{p}: format is {m.get('format')!r}, expected {FORMAT!r}")
     # Version 1 had no checksum of its own; anything else (a damaged version or key too) must carry one.
-    if ("manifest_sha256" in m or m.get("version") != 1) and m.get("manifest_sha256") != manifest_sha256(m):
-        raise DataError(f"{p}: checksum mismatch (manifest_sha256): the manifest was edited or damaged after it "
-                        f"was written; {REDO}")
+    check_seal(p, m, REDO, field="manifest_sha256", required=m.get("version") != 1)
     return m
 
 

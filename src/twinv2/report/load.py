@@ -24,10 +24,9 @@ import numpy as np
 import pandas as pd
 
 from twinv2.data.checksum import MARKER, VerifiedMarker, verify_files
-from twinv2.data.sealed import read_sealed_if_present
+from twinv2.data.sealed import check_seal, read_json_file, read_sealed_if_present
 from twinv2.data.storage import manifest_sha256
 from twinv2.models.names import DISPLAY, MODELS  # torch-free: the one list of models
-from twinv2.offline.store import read_manifest as read_snapshot_manifest
 from twinv2.schema import DataError
 from twinv2.train.metrics import METRICS_SHA256, OUTPUTS
 
@@ -49,14 +48,24 @@ def model_order(names) -> list[str]:
     return known + sorted(n for n in names if n not in MODELS)
 
 
+def read_snapshot_manifest(path: Path) -> dict[str, Any]:
+    """A cluster snapshot's manifest.json, its own checksum checked as offline/store.read_manifest checks it
+    (the report may not import offline: it reads outputs only); DataError naming it when damaged."""
+    fix = "delete the snapshot folder and run the same `twinv2 cluster` command again"
+    m = read_json_file(path, fix)
+    check_seal(path, m, fix, field="manifest_sha256", required=not isinstance(m, dict) or m.get("version") != 1)
+    return m
+
+
 RESUME = "delete it and resume the experiment (`twinv2 experiment` with the same config and --out rebuilds it)"
 RERUN = "rerun the training of this run (`twinv2 train ... --out RUN --overwrite`, or delete the run folder and " \
         "resume the experiment)"
 
 
 def read_metrics(path: Path, problems: list[str]) -> Any:
-    """A run's metrics.json (None when missing, an unreadable one noted in `problems`), but one that carries checksums (or once did: their field names are
-    in its bytes) must match them: a damaged one raises DataError naming it."""
+    """A run's metrics.json (None when missing, an unreadable one noted in `problems`); one that carries
+    checksums (or once did: their field names are in its bytes) must match them: a damaged one raises
+    DataError naming it."""
     if not path.is_file():
         return None
     try:
@@ -196,7 +205,7 @@ def load_section(root: Path, key: str, label: str, problems: list[str],
     snaps = []
     if dataset is not None:
         for mf in sorted((dataset / "clusters").glob("*/manifest.json")):
-            snaps.append((mf.parent, read_snapshot_manifest(mf.parent)))
+            snaps.append((mf.parent, read_snapshot_manifest(mf)))
     runs, seeds = split_seeds(load_runs(root / "runs", problems))
     sec = Section(key=key, label=label, root=root, dataset=dataset,
                   stats=read_sealed_if_present(root / "stats.json", RESUME),
