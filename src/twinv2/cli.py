@@ -264,6 +264,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from twinv2.bench.train import bench_train
 
         lengths = {"lengths": tuple(a.lengths)} if a.lengths else {}
+        if a.models:
+            lengths["models"] = tuple(a.models.split(","))
+        if a.short_len is not None:
+            lengths["short_lens"] = tuple(a.short_len)
         result = bench_train(steps=a.steps, device=a.device, **lengths)
     elif a.what == "serve":
         from twinv2.bench.serve import bench_serve
@@ -311,14 +315,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return cmd_experiment(a)
 
 
-def _int_list(text: str) -> list[int]:
-    """`1000,10000` -> [1000, 10000] (argparse type: a bad item is an error naming it)."""
+def _int_list(text: str, least: int = 1) -> list[int]:
+    """`1000,10000` -> [1000, 10000], each >= `least` (argparse type: a bad item is an error naming it)."""
     try:
         out = [int(x) for x in text.split(",") if x.strip()]
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if not out or min(out) < least:
+        raise argparse.ArgumentTypeError(f"expected integers >= {least}, got {text!r}")
     return out
 
 
@@ -436,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     bt.add_argument("--lengths", type=_int_list, help="GSU lengths, comma-separated (default: 1000,10000; "
                     "with --nproc: 1000)")
+    bt.add_argument("--models", help="comma-separated (default: twin,twin_v2)")
+    bt.add_argument("--short-len", type=lambda t: _int_list(t, 0), help="ModelConfig.short_len values, "
+                    "comma-separated, run side by side (e.g. 0,50: the short term's cost; default: the config's 50)")
     bsv = bench_parser("serve", "online scoring latency and an HTTP load test")
 
     t = sub.add_parser("train", help="train and evaluate one model with the streaming five-day protocol")

@@ -74,6 +74,26 @@ def test_topk_with_k_at_least_c_equals_full_attention_with_log_n():
     torch.testing.assert_close(out, reference(attn, t, items, cross, n, mask), rtol=1e-5, atol=1e-5)
 
 
+def test_esu_and_its_gradients_equal_the_per_position_reference():
+    """The ESU projects once per item and gathers projections and per-bucket cross rows by index_select (issue
+    12); its output and every gradient (the item table's, each parameter's) equal the plain per-position
+    computation, with 4 items repeated over the B·L positions so the gathers' backward sums duplicates."""
+    attn = make(top_k=L)
+    t, _, cross, n, mask = inputs(seed=5)
+    mask[2, 3:] = False
+    g = torch.Generator().manual_seed(6)
+    table = torch.randn(4, D, generator=g, requires_grad=True)  # (U, D)
+    rows = torch.randint(0, 4, (B, L), generator=g)  # (B, L) into it
+    out = attn.esu(attn.query(t), table, rows, cross, n.log(), mask)
+    ref = reference(attn, t, table[rows], cross, n, mask)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    w = torch.randn(B, OUT, generator=g)
+    wrt = [table, *attn.parameters()]
+    for got, want in zip(torch.autograd.grad((out * w).sum(), wrt), torch.autograd.grad((ref * w).sum(), wrt),
+                         strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_without_log_n_equals_plain_softmax():
     attn = make(top_k=L, log_n_esu=False, log_n_gsu=False)
     t, items, cross, n, mask = inputs(seed=3)

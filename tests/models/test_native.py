@@ -97,3 +97,24 @@ def test_item_table_cache_follows_every_change():
         feats.dur.weight.add_(1.0)
         torch.testing.assert_close(feats.every_item(), feats(rows), rtol=0, atol=0)
     assert feats.every_item().requires_grad  # with gradient: built afresh, never the kept one
+
+
+def test_item_table_in_evaluation_gathers_the_kept_table_bit_for_bit():
+    """In evaluation a small batch's unique items come from the kept every-item table (issue 12): the same
+    vectors, bit for bit, as embedding them; in training (or with gradient) they are embedded, so gradients
+    stay sparse and the table is never built for a few rows."""
+    rng = np.random.default_rng(1)
+    feats = ItemFeatures(ItemTables(author_of=np.r_[0, rng.integers(1, 5, 29)], tag_of=np.r_[0, rng.integers(1, 4, 29)],
+                                    dur_of=np.r_[0, rng.integers(1, 6, 29)], n_authors=5, n_tags=4, n_dur=6), dim=3)
+    torch.nn.init.normal_(feats.dur.weight)
+    rows = torch.tensor([[3, 7, 3], [29, 0, 7]], dtype=torch.int32)  # (2, 3): 6 positions < 30 items
+    with torch.no_grad():
+        feats.eval()
+        table, inv = search.item_table(feats, rows)
+        assert table.shape[0] == 4 and "_every" in feats.__dict__
+        torch.testing.assert_close(table[inv], feats(rows.long()), rtol=0, atol=0)
+        feats.train()
+        feats.__dict__.pop("_every")
+        table, inv = search.item_table(feats, rows)
+        assert "_every" not in feats.__dict__
+        torch.testing.assert_close(table[inv], feats(rows.long()), rtol=0, atol=0)

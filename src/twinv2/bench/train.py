@@ -65,11 +65,11 @@ def _tables(n_items: int, seed: int):
                       dur_of=np.r_[0, rng.integers(1, N_DUR, n_items - 1)], n_authors=20_001, n_tags=44, n_dur=N_DUR)
 
 
-def _batcher(sequence: str, L: int, B: int, n_items: int, seed: int, n_users: int):
+def _batcher(sequence: str, L: int, B: int, n_items: int, seed: int, n_users: int, S: int):
     """A Batcher over synthetic CSR columns in place of a dataset, every sample's sequence full: `n_users` users
     with L + 10 raw behaviours in time order, or L clusters (sizes 1-19, random mean times; a user with more
-    than L clusters, ~10^5 behaviours at L = 10,000, is rare), Zipf-popular items."""
-    from twinv2.models.frame import ModelConfig
+    than L clusters, ~10^5 behaviours at L = 10,000, is rare), Zipf-popular items; for a clusters model with a
+    short term (S > 0), S + 10 raw recent behaviours per user."""
     from twinv2.train.batching import Batcher, _Columns
     from twinv2.train.features import Features
 
@@ -89,11 +89,10 @@ def _batcher(sequence: str, L: int, B: int, n_items: int, seed: int, n_users: in
     class _DS:  # the attribute Batcher reads
         n_shards = 1
 
-    S = ModelConfig().short_len
     batcher = Batcher(_DS(), None, sequence, L, features=Features.of(sequence),  # type: ignore[arg-type]
                       short_len=S)
     batcher._cache[(sequence, 0)] = cols
-    if sequence == "clusters":  # the short term's raw behaviours: S + 10 per user, in time order
+    if sequence == "clusters" and S:  # the short term's raw behaviours: S + 10 per user, in time order
         m = n_users * (S + 10)
         t = np.tile(np.arange(S + 10) * 1000.0, n_users)
         batcher._cache[("recent", 0)] = _Columns.of(
@@ -114,13 +113,14 @@ def _samples(n_users: int, n: int, L: int, n_items: int, seed: int):
 
 
 def run_one(model_name: str, L: int, n_items: int = 200_000, B: int = 256, threads: int = 2, steps: int = 8,
-            seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+            seed: int = 0, device: str = "cpu", short_len: int | None = None) -> dict[str, Any]:
     """One configuration in this process (called in a child by `bench_train`).
 
     End to end (the headline): the trainer's own loop, train/step.py's `batches` (batch building from CSR
     arrays, overlapped with the model by its prefetch thread) feeding `train_step`, or the model's forward
     for inference, timed over `steps` batches after 2 warm-up ones. Then the parts, each timed alone: batch
-    building, the no-grad GSU, and the forward / backward / optimizer of a step on a prebuilt batch."""
+    building, the no-grad GSU, and the forward / backward / optimizer of a step on a prebuilt batch.
+    `short_len`: ModelConfig.short_len (None: its default), e.g. 0 to time the models without a short term."""
     import torch
 
     from twinv2.models.frame import ModelConfig
@@ -135,10 +135,11 @@ def run_one(model_name: str, L: int, n_items: int = 200_000, B: int = 256, threa
     torch.manual_seed(seed)
     dev = resolve_device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)  # time finished work only
-    model = build_model(model_name, _tables(n_items, seed), ModelConfig(seq_len=L), CROSS_BUCKETS).to(dev)
+    cfg = ModelConfig(seq_len=L, **({} if short_len is None else {"short_len": short_len}))
+    model = build_model(model_name, _tables(n_items, seed), cfg, CROSS_BUCKETS).to(dev)
     opt = SplitAdam(model, lr=1e-3)
     n_users = 4 * B
-    batcher = _batcher(model.sequence, L, B, n_items, seed, n_users)
+    batcher = _batcher(model.sequence, L, B, n_items, seed, n_users, model.short_len)
     df = _samples(n_users, (steps + 2) * B, L, n_items, seed)
 
     def end_to_end(step) -> float:
@@ -190,7 +191,8 @@ def run_one(model_name: str, L: int, n_items: int = 200_000, B: int = 256, threa
                 parts["infer"].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in parts.items()}
     return {
-        "model": model_name, "gsu_length": L, "batch": B, "threads": threads, "n_items": n_items, "steps": steps,
+        "model": model_name, "gsu_length": L, "short_len": model.short_len, "batch": B, "threads": threads,
+        "n_items": n_items, "steps": steps,
         "train_samples_per_s": train_rate,
         "infer_samples_per_s": infer_rate,
         "train_samples_per_s_model_only": B / med["step"],
@@ -212,26 +214,29 @@ def _native() -> bool:
 
 
 def bench_train(models: tuple[str, ...] = ("twin", "twin_v2"), lengths: tuple[int, ...] = (1_000, 10_000),
-                n_items: int = 200_000, steps: int = 8, threads: int = 2, device: str = "cpu") -> dict[str, Any]:
+                n_items: int = 200_000, steps: int = 8, threads: int = 2, device: str = "cpu",
+                short_lens: tuple[int | None, ...] = (None,)) -> dict[str, Any]:
+    """Every (model, length, short_len) in its own child process; `short_lens` None = ModelConfig's default
+    (several, e.g. (0, 50), put the cost of the short-term interest side by side)."""
     load = os.getloadavg()  # at the start: a busy machine explains slow figures
     rows = []
-    for m in models:
-        for L in lengths:
-            args = json.dumps({"model_name": m, "L": L, "n_items": n_items, "steps": steps, "threads": threads,
-                               "device": device})
-            out = subprocess.run([sys.executable, "-m", "twinv2.bench.train", args], capture_output=True,
-                                 text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-            if out.returncode != 0:
-                raise RuntimeError(f"bench train {m} L={L} failed:\n{out.stderr[-2000:]}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"{m:8s} L={L:>6,}: train {rows[-1]['train_samples_per_s']:8.0f}/s  infer "
-                  f"{rows[-1]['infer_samples_per_s']:8.0f}/s  peak {rows[-1]['peak_rss_gb']:.2f} GB (end to end)",
-                  file=sys.stderr)
+    for m, L, S in ((m, L, S) for m in models for L in lengths for S in short_lens):
+        args = json.dumps({"model_name": m, "L": L, "n_items": n_items, "steps": steps, "threads": threads,
+                           "device": device, "short_len": S})
+        out = subprocess.run([sys.executable, "-m", "twinv2.bench.train", args], capture_output=True,
+                             text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        if out.returncode != 0:
+            raise RuntimeError(f"bench train {m} L={L} short_len={S} failed:\n{out.stderr[-2000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"{m:8s} L={L:>6,} S={rows[-1]['short_len']:>3}: train {rows[-1]['train_samples_per_s']:8.0f}/s  "
+              f"infer {rows[-1]['infer_samples_per_s']:8.0f}/s  peak {rows[-1]['peak_rss_gb']:.2f} GB (end to end)",
+              file=sys.stderr)
     targets = {}  # TWIN and TWIN-V2 at L = 10,000, end to end; a miss is reported with its number
     for r in rows:
         if r["gsu_length"] == 10_000:
             tr, inf, rss = r["train_samples_per_s"], r["infer_samples_per_s"], r["peak_rss_gb"]
-            targets[r["model"]] = {  # [measured, met]
+            key = r["model"] if len(short_lens) == 1 else f"{r['model']}_short{r['short_len']}"
+            targets[key] = {  # [measured, met]
                 "train_samples_per_s": [round(tr), tr >= TARGETS["train_samples_per_s"]],
                 "infer_samples_per_s": [round(inf), inf >= TARGETS["infer_samples_per_s"]],
                 "peak_rss_gb": [round(rss, 2), rss <= TARGETS["peak_rss_gb"]],

@@ -31,10 +31,16 @@ from twinv2.models.search import relevance, select
 def bucket_sum(tables: list[torch.Tensor] | tuple[torch.Tensor, ...], cross: torch.Tensor) -> torch.Tensor:
     """Σ_j tables[j][cross[..., j]]: per-bucket tables (n_j, ...) of J >= 1 cross features, gathered at the
     bucket ids (..., J) and summed (..., ...): the cross term of the ESU and of the serving cache alike."""
-    out = tables[0][cross[..., 0]]
+    out = gather_rows(tables[0], cross[..., 0])
     for j in range(1, len(tables)):
-        out = out + tables[j][cross[..., j]]
+        out = out + gather_rows(tables[j], cross[..., j])
     return out
+
+
+def gather_rows(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """table[ids] for table (n, ...) and ids (...) → (..., ...), by index_select: its backward (index_add) ran
+    5x faster than indexing's accumulating index_put for (25,600, 128) rows of 13,000 on 2 threads (issue 12)."""
+    return table.index_select(0, ids.reshape(-1)).view(*ids.shape, *table.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -185,11 +191,13 @@ class TargetAttention(nn.Module):
         B, K = rows.shape
         H, d = self.cfg.heads, self.cfg.head_dim
         per_item = torch.cat([self.w_h(item_table), self.w_v(item_table)], dim=-1)  # (U, 2*H*d)
-        k, v = per_item[rows].view(B, K, 2, H, d).unbind(2)  # (B, K, H, d) each
+        k, v = gather_rows(per_item, rows).view(B, K, 2, H, d).unbind(2)  # (B, K, H, d) each
         a = torch.einsum("bkhd,bhd->bkh", k, q)  # (B, K, H)
         if self.n_cross:
             a = a + self.cross_term(cross)  # (B, K, H)
-            cross_emb = torch.cat([emb(cross[..., j]) for j, emb in enumerate(self.cross)], -1)  # (B, K, J*E)
+            # the tables' rows directly: nn.Embedding's backward (no padding_idx here) is the same sum, slower
+            cross_emb = torch.cat([gather_rows(emb.weight, cross[..., j]) for j, emb in enumerate(self.cross)],
+                                  -1)  # (B, K, J*E)
             v = v + self.w_vc(cross_emb).view(B, K, H, d)  # (B, K, H, d)
         if log_n is not None and self.cfg.log_n_esu:
             a = a + log_n.unsqueeze(-1)  # (B, K, H)

@@ -31,12 +31,15 @@ def relevance(u: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, mask: to
 
 def item_table(items: nn.Module, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inherent embeddings once per item, never per (sample, position): for every vocabulary item when that
-    is no more work than the batch's positions, else for the batch's unique items.
+    is no more work than the batch's positions, else for the batch's unique items (gathered from the cached
+    every-item table in evaluation: one gather instead of four and three sums, the same sums bit for bit).
     `items` is the model's `frame.ItemFeatures`, not imported here: frame imports attention, which imports this.
     Returns (table (U, D), rows (B, L) indexing it). Differentiable; callers choose no_grad."""
-    if items.n_items <= rows.numel() and not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() and items.n_items <= rows.numel():
         return items.every_item(), rows  # (I, D); without gradient, so the tables' gradients stay sparse
     uniq, inv = torch.unique(rows, return_inverse=True)
+    if not torch.is_grad_enabled() and not items.training:
+        return items.every_item().index_select(0, uniq), inv  # (U, D)
     return items(uniq), inv  # (U, D)
 
 
