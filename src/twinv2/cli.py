@@ -310,7 +310,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    """`make demo`: the `demo` experiment (all ten models, ablations, sweep, KuaiRand, report)."""
+    """`make demo`: the `demo` experiment (all eleven models, ablations, sweep, KuaiRand, report)."""
     a.config, a.preset = None, "demo"
     return cmd_experiment(a)
 

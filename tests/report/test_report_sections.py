@@ -81,7 +81,7 @@ def test_check_report_recomputes_the_reference(copy):
     _edit(t, lambda b: b["main"]["reference"]["beats_gauc"].append("avg_pooling"))
     problems = check_report(copy)
     assert any("main.reference: beats_gauc" in p for p in problems), problems
-    assert any("reference.rows[8].vs_reference" in p and "value" in p for p in problems), problems
+    assert any("reference.rows[9].vs_reference" in p and "value" in p for p in problems), problems
     assert any("reference.rows[0].reference_pooled" in p and "ci_high" in p for p in problems), problems
 
 

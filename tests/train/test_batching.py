@@ -59,14 +59,14 @@ def test_a_clusters_batch_carries_the_latest_raw_behaviours_for_the_short_term(t
     vocab, _ = item_tables(ds)
     s = _samples(ds, seed=4)
     S = 6
-    batcher = Batcher(ds, vocab, "clusters", 50, short_len=S)
+    batcher = Batcher(ds, vocab, "clusters", 50, recent_len=S)
     batcher.use_snapshot(ClusterSnapshot(tiny_snapshot), ds.eval_days[0])
     got = batcher.batch(s.user_id.values, s.item_id.values, s.ts.values, s.label.values).recent
     ref = Batcher(ds, vocab, "recent", S).batch(s.user_id.values, s.item_id.values, s.ts.values, s.label.values).seq
     for name in ("rows", "cross", "mask"):
         np.testing.assert_array_equal(getattr(got, name).numpy(), getattr(ref, name).numpy())
     assert got.log_n is None and got.mask.any()
-    assert Batcher(ds, vocab, "recent", 50, short_len=S).batch(s.user_id.values[:3], s.item_id.values[:3],
+    assert Batcher(ds, vocab, "recent", 50, recent_len=S).batch(s.user_id.values[:3], s.item_id.values[:3],
                                                               s.ts.values[:3], s.label.values[:3]).recent is None
     for i in range(0, len(s), 9):  # one user at a time, from the raw columns a real-time service would send
         u, t = int(s.user_id.values[i]), int(s.ts.values[i])

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from twinv2.data.sealed import read_sealed
 from twinv2.train.distributed import Ranks, launch, sync_gradients
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
@@ -161,7 +162,7 @@ def test_cli_train_nproc_launches_ranks_and_bench_has_real_subcommands(monkeypat
     monkeypatch.setattr(ddp, "bench_ddp", lambda n, lengths, steps: {"n": n, "lengths": list(lengths), "steps": steps})
     assert cli.main(["bench", "train", "--nproc", "2", "--lengths", "500,700", "--steps", "3", "--json",
                      str(tmp_path / "b.json")]) == 0
-    assert json.loads((tmp_path / "b.json").read_text()) == {"n": 2, "lengths": [500, 700], "steps": 3}
+    assert read_sealed(tmp_path / "b.json", fix="") == {"n": 2, "lengths": [500, 700], "steps": 3}
     assert cli.main(["bench", "--json", str(tmp_path / "c.json"), "train", "--nproc", "2"]) == 0
     assert json.loads((tmp_path / "c.json").read_text())["lengths"] == [1000]
     p = cli.build_parser()

@@ -90,7 +90,7 @@ def _batcher(sequence: str, L: int, B: int, n_items: int, seed: int, n_users: in
         n_shards = 1
 
     batcher = Batcher(_DS(), None, sequence, L, features=Features.of(sequence),  # type: ignore[arg-type]
-                      short_len=S)
+                      recent_len=S)
     batcher._cache[(sequence, 0)] = cols
     if sequence == "clusters" and S:  # the short term's raw behaviours: S + 10 per user, in time order
         m = n_users * (S + 10)
@@ -139,7 +139,7 @@ def run_one(model_name: str, L: int, n_items: int = 200_000, B: int = 256, threa
     model = build_model(model_name, _tables(n_items, seed), cfg, CROSS_BUCKETS).to(dev)
     opt = SplitAdam(model, lr=1e-3)
     n_users = 4 * B
-    batcher = _batcher(model.sequence, L, B, n_items, seed, n_users, model.short_len)
+    batcher = _batcher(model.sequence, L, B, n_items, seed, n_users, model.recent_len)
     df = _samples(n_users, (steps + 2) * B, L, n_items, seed)
 
     def end_to_end(step) -> float:

@@ -37,7 +37,7 @@ class ExperimentConfig:
     world_preset: str = "small"  # generated world for the main section (data/generate PRESETS) ...
     world: dict[str, Any] = field(default_factory=dict)  # ... with these WorldConfig overrides
     dataset: str = ""  # or an existing dataset folder (generated or imported) instead of generating one
-    models: tuple[str, ...] = tuple(MODELS)  # the ten models of Table 3
+    models: tuple[str, ...] = tuple(MODELS)  # the ten models of Table 3 and the deployed pair
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides, every run
     embed: dict[str, Any] = field(default_factory=dict)  # EmbedConfig overrides
     cluster: dict[str, Any] = field(default_factory=dict)  # ClusterJobConfig overrides
@@ -141,7 +141,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Presets. Why these sizes: `demo` must compare all ten models, the ablations, a three-point sweep and KuaiRand
+# Presets. Why these sizes: `demo` must compare all eleven models, the ablations, a three-point sweep and KuaiRand
 # within 15 minutes on a 2-core machine, so its world is small (300 users x ~4k behaviours, 20k items): its
 # numbers show the pipeline, not settled conclusions. It keeps the `small` world's shapes (warm-up days,
 # requests of 10, impressions following each user's watching) with 9 impressions per behaviour instead of

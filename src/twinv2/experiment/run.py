@@ -1,4 +1,4 @@
-"""`twinv2 experiment`: data → embeddings → clusters → ten models → ablations → sweep → KuaiRand → report.
+"""`twinv2 experiment`: data → embeddings → clusters → eleven models → ablations → sweep → KuaiRand → report.
 
 Folder layout (what twinv2.report reads):
 

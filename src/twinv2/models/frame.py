@@ -269,6 +269,12 @@ class CTRModel(nn.Module):
     def seq_len(self) -> int:
         return self.cfg.seq_len or self.default_seq_len
 
+    @property
+    def recent_len(self) -> int:
+        """How many of the latest raw behaviours `Batch.recent` must hold (0: the model reads none): a clusters
+        model's short-term interest reads `short_len` of them; a recent model reads its own sequence."""
+        return self.short_len if self.sequence == "clusters" else 0
+
     def build_long_term(self) -> int:
         """Create the long-term module's parameters; return its output dim."""
         raise NotImplementedError

@@ -14,6 +14,7 @@ _TABLE = (  # name, display name, "module:class" under twinv2.models
     ("sim_soft", "SIM Soft", "sim_soft:SIMSoft"),
     ("twin", "TWIN", "twin:TWIN"),
     ("twin_v2", "TWIN-V2", "twin_v2:TWINV2"),
+    ("twin_pair", "TWIN + TWIN-V2", "twin_pair:TWINPair"),  # the deployed pair (paper §3.4), not in Table 3
 )
 MODELS: tuple[str, ...] = tuple(name for name, _, _ in _TABLE)
 DISPLAY: dict[str, str] = {name: display for name, display, _ in _TABLE}

@@ -132,8 +132,8 @@ class Scorer:
         with torch.inference_mode():
             u = None if user is None else torch.as_tensor(np.asarray(user, np.int64))
             short = None
-            if recent is not None and mv.model.short_len:
-                short = recent_seq(recent, ts, mv.vocab, Features.of("clusters").cross, mv.model.short_len)
+            if recent is not None and mv.model.recent_len:
+                short = recent_seq(recent, ts, mv.vocab, Features.of("clusters").cross, mv.model.recent_len)
             logits = mv.model.score(mv.cache, torch.from_numpy(cand), cluster_seq(inp), u, recent=short)
             probs = torch.sigmoid(logits)
         return ScoreResult(scores=probs.numpy(), logits=logits.numpy(), model_version=mv.version,

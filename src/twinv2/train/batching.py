@@ -65,15 +65,16 @@ class Batcher:
     for every sample are never built."""
 
     def __init__(self, ds: Dataset, vocab: ItemVocab, sequence: str, seq_len: int,
-                 features: Features | None = None, short_len: int = 0) -> None:
+                 features: Features | None = None, recent_len: int = 0) -> None:
         if sequence not in ("recent", "clusters"):
             raise ValueError(f"sequence must be 'recent' or 'clusters', got {sequence!r}")
-        if seq_len < 1 or short_len < 0:
-            raise ValueError(f"seq_len must be >= 1 and short_len >= 0, got seq_len={seq_len}, short_len={short_len}")
+        if seq_len < 1 or recent_len < 0:
+            raise ValueError(f"seq_len must be >= 1 and recent_len >= 0, got seq_len={seq_len}, "
+                             f"recent_len={recent_len}")
         self.ds, self.vocab, self.sequence, self.seq_len = ds, vocab, sequence, seq_len
-        # A clusters model's short-term interest reads the latest `short_len` raw behaviours (Batch.recent); a
-        # recent model reads the last columns of its own sequence, so it needs nothing more.
-        self.short_len = short_len if sequence == "clusters" else 0
+        # A clusters model reads the latest `recent_len` raw behaviours (Batch.recent: its short-term interest's,
+        # and the TWIN + TWIN-V2 pair's TWIN part); a recent model reads the last columns of its own sequence.
+        self.recent_len = recent_len if sequence == "clusters" else 0
         self.features = features if features is not None else Features.for_dataset(ds, sequence)
         self.users = UserTable(ds.users() if self.features.user else None, self.features.user)
         self.snapshot: ClusterSnapshot | None = None
@@ -121,7 +122,7 @@ class Batcher:
             user_id=torch.from_numpy(user_id),
             ts=torch.from_numpy(ts),
             user=torch.from_numpy(self.users.lookup(user_id)) if self.features.user else None,
-            recent=self._seq("recent", self.short_len, user_id, ts, shards) if self.short_len else None,
+            recent=self._seq("recent", self.recent_len, user_id, ts, shards) if self.recent_len else None,
         )
 
     def _seq(self, kind: str, max_len: int, user_id: np.ndarray, ts: np.ndarray, shards: np.ndarray) -> Seq:

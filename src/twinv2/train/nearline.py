@@ -36,7 +36,7 @@ class NearlineTrainer:
                              f"vocabulary needs a model trained on it (`twinv2 train`)")
         self.opt = SplitAdam(self.model, lr or self.cfg.lr)
         self.batch_size = batch_size or self.cfg.batch_size
-        self.batcher = Batcher(ds, ds_vocab, "clusters", self.model.seq_len, short_len=self.model.short_len)
+        self.batcher = Batcher(ds, ds_vocab, "clusters", self.model.seq_len, recent_len=self.model.recent_len)
 
     def train_window(self, df: pd.DataFrame, snapshot: ClusterSnapshot, start_ms: int) -> float:
         """One pass over the window's samples `df` (in time order) reading `snapshot` (taken at or before the

@@ -129,7 +129,7 @@ class StreamingTrainer:
         # The zero-shot reference (train/zero_shot.py): this model at step 0, scored by its own retrieval.
         self.reference = reference_model(self.model) if self.item_init == "embeddings" else None
         self.batcher = Batcher(ds, self.vocab, self.model.sequence, self.model.seq_len, features=feats,
-                               short_len=self.model.short_len)
+                               recent_len=self.model.recent_len)
         self.cfg = resolved_config(cfg, self.model)  # what metrics.json and the checkpoints record
         self.opt: SplitAdam | SyncedOptimizer = SplitAdam(self.model, cfg.lr)
         if self.ranks.world > 1:
