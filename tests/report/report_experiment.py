@@ -138,6 +138,10 @@ def snapshot_manifest(snap_dir: Path, ds: Dataset, with_counts: bool = True) -> 
 SWEEP_GAINS = {0.0: [0.002, -0.003, 0.001, -0.001, 0.0005], 0.5: [0.010, 0.012, 0.008, 0.011, 0.009],
                1.0: [0.020, 0.018, 0.022, 0.025, 0.019]}
 
+# Each model's fake quality rises with its Table 3 position; the deployed pair (after TWIN-V2 in MODELS) is
+# given TWIN's, so the fixture's best model stays TWIN-V2, as the report tests expect.
+NOISE_RANK = {"twin_pair": 8}
+
 
 def make_experiment(root: Path, world: Path, parts: tuple[str, ...] = ("meta", "main", "ablation", "bench",
                                                                         "sweep", "kuairand")) -> Path:
@@ -157,7 +161,8 @@ def make_experiment(root: Path, world: Path, parts: tuple[str, ...] = ("meta", "
         write_sealed(main / "stats.json", compute_stats(ds))
         snapshot_manifest(main / "dataset" / "clusters" / f"before-{ds.eval_days[0].start_ms}", ds)
         for i, m in enumerate(MODELS):
-            write_predicted_run(main / "runs" / m, m, ds, noise=0.30 - 0.025 * i, seed=100 + i,
+            write_predicted_run(main / "runs" / m, m, ds, noise=0.30 - 0.025 * NOISE_RANK.get(m, i),
+                                seed=100 + i,
                                 zero_shot_noise=ZERO_SHOT_NOISE.get(m, 0.32), retrieval=(
                                     retrieval_block(RETRIEVAL[m]) if m in RETRIEVAL else None))
         for m, i in (("twin", 8), ("twin_v2", 9)):  # two more training seeds of the headline pair
@@ -258,7 +263,8 @@ def make_own_data_experiment(root: Path, dataset: Path) -> Path:
     write_sealed(main / "stats.json", compute_stats(ds))
     snapshot_manifest(dataset / "clusters" / f"before-{ds.eval_days[0].start_ms}", ds)
     for i, m in enumerate(MODELS):
-        write_predicted_run(main / "runs" / m, m, ds, noise=0.30 - 0.025 * i, seed=100 + i, zero_shot_noise=0.32)
+        write_predicted_run(main / "runs" / m, m, ds, noise=0.30 - 0.025 * NOISE_RANK.get(m, i), seed=100 + i,
+                            zero_shot_noise=0.32)
     for j, v in enumerate(("no_ln_gsu", "no_ln_esu", "no_ln_both")):
         write_predicted_run(main / "ablation" / v, "twin_v2", ds, noise=0.1 + 0.03 * j, seed=200 + j)
     bench = cluster_bench()
