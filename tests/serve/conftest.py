@@ -17,20 +17,24 @@ if "torch" not in sys.modules:  # as `twinv2 serve` does (commands.prefer_passiv
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_world, tiny_snapshot, tmp_path_factory) -> Path:
     """twin_v2 trained on 300 samples of the first evaluation day (enough to move every weight)."""
+    return train_tiny("twin_v2", tiny_world, tiny_snapshot, tmp_path_factory.mktemp("serve") / "checkpoint.pt")
+
+
+def train_tiny(model: str, tiny_world: Path, tiny_snapshot: Path, path: Path) -> Path:
+    """`model` (a clusters model) trained on 300 samples of the tiny world's first evaluation day, saved at `path`."""
     from twinv2.data.storage import Dataset
     from twinv2.offline.store import ClusterSnapshot
     from twinv2.train.checkpoint import save_checkpoint
     from twinv2.train.trainer import StreamingTrainer, TrainConfig
 
     ds = Dataset(tiny_world)
-    t = StreamingTrainer(ds, TrainConfig(model="twin_v2", batch_size=64), [ClusterSnapshot(tiny_snapshot)],
+    t = StreamingTrainer(ds, TrainConfig(model=model, batch_size=64), [ClusterSnapshot(tiny_snapshot)],
                          progress=False)
     day = ds.eval_days[0]
     t.batcher.use_snapshot(ClusterSnapshot(tiny_snapshot), day)
     s = ds.samples()
     s = s[(s.ts >= day.start_ms) & (s.ts < day.test_start_ms)].iloc[:300]
     t.train_day(s, "fixture")
-    path = tmp_path_factory.mktemp("serve") / "checkpoint.pt"
     save_checkpoint(path, t.model, t.cfg, t.vocab, {"day": 0})
     return path
 

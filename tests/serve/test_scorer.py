@@ -66,14 +66,19 @@ def test_online_equals_offline_across_users(tiny_world, tiny_snapshot, scorer, r
     assert worst <= TOL, worst
 
 
-def test_online_with_recent_behaviours_equals_offline(tiny_world, tiny_snapshot, scorer, request_ts, known_items):
-    """The short-term interest: the request's `recent` behaviours (more than short_len, some after the request
-    time) give the offline score of a batch whose `recent` the batcher built from the dataset."""
+@pytest.mark.parametrize("which", ["scorer", "pair_scorer"])
+def test_online_with_recent_behaviours_equals_offline(tiny_world, tiny_snapshot, request_ts, known_items, which,
+                                                      request):
+    """The request's `recent` behaviours (more than the model reads, some after the request time) give the
+    offline score of a batch whose `recent` the batcher built from the dataset: TWIN-V2's short-term interest
+    reads the latest short_len; the TWIN + TWIN-V2 pair's TWIN part reads the whole raw history (raw_len 10,000)
+    and its short term the latest short_len."""
+    scorer = request.getfixturevalue(which)
     ds = Dataset(tiny_world)
     mv = scorer.cache.current
-    S = mv.model.short_len
-    assert S > 0
-    batcher = Batcher(ds, item_tables(ds)[0], "clusters", mv.seq_len, recent_len=S)
+    R = mv.model.recent_len
+    assert R == (mv.model.raw_len if which == "pair_scorer" else mv.model.short_len) > 0
+    batcher = Batcher(ds, item_tables(ds)[0], "clusters", mv.seq_len, recent_len=R)
     batcher.use_snapshot(ClusterSnapshot(tiny_snapshot), ds.eval_days[0])
     rng = np.random.default_rng(3)
     changed = 0
@@ -81,13 +86,13 @@ def test_online_with_recent_behaviours_equals_offline(tiny_world, tiny_snapshot,
         h = ds.history(int(u))
         ts = int(h["ts"][-1]) - 1  # the last behaviour is at or after ts: the scorer must cut it
         ts = max(ts, request_ts)
-        recent = {k: np.asarray(h[k])[-(S + 7):].astype(np.int64) for k in ("item_id", "ts", "play_ms", "duration_ms")}
+        recent = {k: np.asarray(h[k])[-(R + 7):].astype(np.int64) for k in ("item_id", "ts", "play_ms", "duration_ms")}
         items = rng.choice(known_items, 9)
         online = scorer.score(int(u), items, ts, recent=recent)
         offline = offline_logits(mv.model, batcher, np.full(9, u), items, np.full(9, ts))
         assert np.abs(online.logits - offline).max() <= TOL
         changed += np.abs(online.logits - scorer.score(int(u), items, ts).logits).max() > 1e-4
-    assert changed >= 5  # the recent behaviours move the scores: the short term is really read
+    assert changed >= 5  # the recent behaviours move the scores: they are really read
 
 
 def test_online_equals_a_mixed_offline_batch(tiny_world, tiny_snapshot, scorer):
@@ -213,43 +218,11 @@ def test_model_score_equals_forward_for_every_servable_model_with_user_features(
         model.score(model.precompute(), target, seq, None)
 
 
+
 @pytest.fixture(scope="module")
 def pair_scorer(tiny_world, tiny_snapshot, tiny_store, tmp_path_factory) -> Scorer:
-    """The TWIN + TWIN-V2 pair trained on 300 samples of day 0, served from the same store."""
-    from twinv2.train.checkpoint import save_checkpoint
-    from twinv2.train.trainer import StreamingTrainer, TrainConfig
+    """The TWIN + TWIN-V2 pair trained as tiny_checkpoint is, served from the same store."""
+    from tests.serve.conftest import train_tiny
 
-    ds = Dataset(tiny_world)
-    t = StreamingTrainer(ds, TrainConfig(model="twin_pair", batch_size=64), [ClusterSnapshot(tiny_snapshot)],
-                         progress=False)
-    day = ds.eval_days[0]
-    t.batcher.use_snapshot(ClusterSnapshot(tiny_snapshot), day)
-    s = ds.samples()
-    t.train_day(s[(s.ts >= day.start_ms) & (s.ts < day.test_start_ms)].iloc[:300], "fixture")
-    path = tmp_path_factory.mktemp("pair") / "checkpoint.pt"
-    save_checkpoint(path, t.model, t.cfg, t.vocab, {"day": 0})
+    path = train_tiny("twin_pair", tiny_world, tiny_snapshot, tmp_path_factory.mktemp("pair") / "checkpoint.pt")
     return Scorer(ProjectionCache(path), ClusterStore(tiny_store))
-
-
-def test_the_pair_online_with_its_raw_history_equals_offline(tiny_world, tiny_snapshot, pair_scorer, request_ts,
-                                                             known_items):
-    """TWIN + TWIN-V2: the request's `recent` (the user's whole raw history, some of it after the request time)
-    feeds TWIN's part as the batcher's `recent` does offline; without it, TWIN's part is empty."""
-    ds = Dataset(tiny_world)
-    mv = pair_scorer.cache.current
-    R = mv.model.recent_len
-    assert R == mv.model.raw_len > mv.model.short_len
-    batcher = Batcher(ds, item_tables(ds)[0], "clusters", mv.seq_len, recent_len=R)
-    batcher.use_snapshot(ClusterSnapshot(tiny_snapshot), ds.eval_days[0])
-    rng = np.random.default_rng(5)
-    changed = 0
-    for u in ClusterSnapshot(tiny_snapshot).user_ids()[:6]:
-        h = ds.history(int(u))
-        ts = max(int(h["ts"][-1]) - 1, request_ts)
-        recent = {k: np.asarray(h[k]).astype(np.int64) for k in ("item_id", "ts", "play_ms", "duration_ms")}
-        items = rng.choice(known_items, 9)
-        online = pair_scorer.score(int(u), items, ts, recent=recent)
-        offline = offline_logits(mv.model, batcher, np.full(9, u), items, np.full(9, ts))
-        assert np.abs(online.logits - offline).max() <= TOL
-        changed += np.abs(online.logits - pair_scorer.score(int(u), items, ts).logits).max() > 1e-4
-    assert changed >= 5

@@ -20,6 +20,16 @@ class Seq:
     def length(self) -> int:
         return self.rows.shape[1]
 
+    def last(self, n: int) -> "Seq":
+        """The latest `n` elements (B, n') of a right-aligned sequence (the batcher's layout: latest last)."""
+        return Seq(rows=self.rows[:, -n:], cross=self.cross[:, -n:], mask=self.mask[:, -n:],
+                   log_n=None if self.log_n is None else self.log_n[:, -n:])
+
+    def expand(self, n: int) -> "Seq":
+        """One user's sequence (1, L) as the same sequence for `n` candidates (n, L), without copying."""
+        return Seq(rows=self.rows.expand(n, -1), cross=self.cross.expand(n, -1, -1), mask=self.mask.expand(n, -1),
+                   log_n=None if self.log_n is None else self.log_n.expand(n, -1))
+
 
 @dataclass
 class Batch:

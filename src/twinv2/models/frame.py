@@ -299,10 +299,10 @@ class CTRModel(nn.Module):
             return target.new_zeros(target.shape[0], self.short.cfg.out_dim)
         if recent.log_n is not None:
             raise ValueError("the short-term interest reads raw behaviours; got a cluster sequence (log_n set)")
-        S = self.short_len
-        table, rows = item_table(self.items, recent.rows[:, -S:])  # (U, D), (B, S')
+        recent = recent.last(self.short_len)  # (B, S')
+        table, rows = item_table(self.items, recent.rows)  # (U, D), (B, S')
         q = self.short.query(target)  # (B, H, d)
-        return self.short.esu(q, table, rows, recent.cross[:, -S:], None, recent.mask[:, -S:])  # (B, out_dim)
+        return self.short.esu(q, table, rows, recent.cross, None, recent.mask)  # (B, out_dim)
 
     def ctr_head(self, target: torch.Tensor, interest: torch.Tensor, user: torch.Tensor | None,
                  short: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,11 +10,19 @@ its sequences); raw behaviours have no online store, but `score` serves TWIN the
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from twinv2.models.attention import TargetAttention
 from twinv2.models.batch import Batch, Seq
 from twinv2.models.search import item_table
 from twinv2.models.serving import ItemCache, interest, item_cache
 from twinv2.models.two_stage import TwoStage
+
+
+def own_gsu(attn: TargetAttention, items: nn.Module, seq: Seq, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TWIN's GSU: the top K of `seq` by `attn`'s own relevance α' for queries q (B, H, d); (idx, valid) (B, K)."""
+    table, rows = item_table(items, seq.rows)  # (U, D) once per item, (B, L)
+    return attn.gsu_topk(q, table, rows, seq.cross, seq.log_n, seq.mask)
 
 
 class TWIN(TwoStage):
@@ -22,9 +30,7 @@ class TWIN(TwoStage):
     default_seq_len = 10_000
 
     def gsu(self, batch: Batch, target: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seq = batch.seq
-        table, rows = item_table(self.items, seq.rows)  # (U, D) once per item, (B, L)
-        return self.attn.gsu_topk(q, table, rows, seq.cross, seq.log_n, seq.mask)
+        return own_gsu(self.attn, self.items, batch.seq, q)
 
     @torch.no_grad()
     def precompute(self) -> ItemCache:
@@ -39,10 +45,13 @@ class TWIN(TwoStage):
         clusters model `recent`, the user's latest raw behaviours (1, S) as Batch.recent (None: none known)."""
         N = target.shape[0]
         e = cache.items.index_select(0, target)  # (N, D)
-        long_term = interest(self.attn, cache, self.attn.query(e), seq)  # (N, out_dim)
         short = None
         if self.short_len:  # the offline short-term attention, its one sequence shared by the N candidates
             src = seq if self.sequence == "recent" else recent
-            short = self.short_interest(None if src is None else Seq(
-                rows=src.rows.expand(N, -1), cross=src.cross.expand(N, -1, -1), mask=src.mask.expand(N, -1)), e)
-        return self.ctr_head(e, long_term, None if user is None else user.reshape(1, -1).expand(N, -1), short)
+            short = self.short_interest(None if src is None else src.expand(N), e)
+        u = None if user is None else user.reshape(1, -1).expand(N, -1)
+        return self.ctr_head(e, self.serve_long_term(cache, e, seq, recent), u, short)
+
+    def serve_long_term(self, cache: ItemCache, e: torch.Tensor, seq: Seq, recent: Seq | None) -> torch.Tensor:
+        """`long_term` (N, interest_dim) of N candidates with embeddings e (N, D) for one user, from the cache."""
+        return interest(self.attn, cache, self.attn.query(e), seq)  # (N, out_dim)

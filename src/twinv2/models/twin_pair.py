@@ -17,10 +17,9 @@ import torch
 
 from twinv2.models.attention import TargetAttention
 from twinv2.models.batch import Batch, Seq
-from twinv2.models.search import item_table
 from twinv2.models.serving import ItemCache, interest, item_cache
-from twinv2.models.two_stage import take
-from twinv2.models.twin import TWIN
+from twinv2.models.two_stage import attend_kept
+from twinv2.models.twin import TWIN, own_gsu
 from twinv2.models.twin_v2 import TWINV2
 
 
@@ -73,36 +72,20 @@ class TWINPair(TWINV2):
         a = self.raw_attn
         if recent is None:
             return target.new_zeros(target.shape[0], a.cfg.out_dim)
-        L = self.raw_len
-        seq = Seq(rows=recent.rows[:, -L:], cross=recent.cross[:, -L:], mask=recent.mask[:, -L:])
-        q = a.query(target)  # (B, H, d)
+        seq, q = recent.last(self.raw_len), a.query(target)  # (B, L), (B, H, d)
         with torch.no_grad():
-            table, rows = item_table(self.items, seq.rows)  # (U, D), (B, L)
-            idx, valid = a.gsu_topk(q, table, rows, seq.cross, None, seq.mask)  # (B, K) each
-        sel = take(seq, idx, valid)
-        table, rows = item_table(self.items, sel.rows)  # (U', D), (B, K)
-        return a.esu(q, table, rows, sel.cross, None, sel.mask)  # (B, out)
+            idx, valid = own_gsu(a, self.items, seq, q)  # (B, K) each
+        return attend_kept(a, self.items, seq, q, idx, valid)  # (B, out)
 
     @torch.no_grad()
     def precompute(self) -> PairCache:
         every = self.items.every_item()
         return PairCache(life=item_cache(self.attn, every), months=item_cache(self.raw_attn, every))
 
-    @torch.no_grad()
-    def score(self, cache: PairCache, target: torch.Tensor, seq: Seq, user: torch.Tensor | None = None,
-              recent: Seq | None = None) -> torch.Tensor:
-        """Logits (N,) as TWIN.score, with TWIN's interest over `recent` (1, R) beside TWIN-V2's over `seq`."""
-        N = target.shape[0]
-        e = cache.items.index_select(0, target)  # (N, D)
-        life = interest(self.attn, cache.life, self.attn.query(e), seq)  # (N, out)
-        months, short = e.new_zeros(N, self.raw_attn.cfg.out_dim), None
-        if recent is not None:
-            L = self.raw_len
-            months = interest(self.raw_attn, cache.months, self.raw_attn.query(e),
-                              Seq(rows=recent.rows[:, -L:], cross=recent.cross[:, -L:], mask=recent.mask[:, -L:]))
-        if self.short_len:
-            short = self.short_interest(None if recent is None else Seq(
-                rows=recent.rows.expand(N, -1), cross=recent.cross.expand(N, -1, -1),
-                mask=recent.mask.expand(N, -1)), e)
-        u = None if user is None else user.reshape(1, -1).expand(N, -1)
-        return self.ctr_head(e, torch.cat([life, months], dim=-1), u, short)
+    def serve_long_term(self, cache: PairCache, e: torch.Tensor, seq: Seq, recent: Seq | None) -> torch.Tensor:
+        """TWIN.score's long term for the pair: TWIN-V2's over `seq` beside TWIN's over `recent` (1, R)."""
+        life = super().serve_long_term(cache.life, e, seq, recent)  # (N, out)
+        a = self.raw_attn
+        months = (e.new_zeros(e.shape[0], a.cfg.out_dim) if recent is None else
+                  interest(a, cache.months, a.query(e), recent.last(self.raw_len)))  # (N, out)
+        return torch.cat([life, months], dim=-1)  # (N, 2·out)

@@ -5,6 +5,7 @@ search.topk_exact (deterministic: exact ties go to the later, more recent positi
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from twinv2.models.attention import TargetAttention
 from twinv2.models.batch import Batch, Seq
@@ -21,6 +22,14 @@ def take(seq: Seq, idx: torch.Tensor, valid: torch.Tensor) -> Seq:
         mask=valid & seq.mask.gather(1, idx),  # (B, K)
         log_n=None if seq.log_n is None else seq.log_n.gather(1, idx),  # (B, K)
     )
+
+
+def attend_kept(attn: TargetAttention, items: nn.Module, seq: Seq, q: torch.Tensor, idx: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+    """`attn`'s ESU (B, out) with queries q (B, H, d) over the elements idx (B, K) of `seq` a GSU kept."""
+    sel = take(seq, idx, valid)
+    table, rows = item_table(items, sel.rows)  # (U, D) once per kept item, (B, K)
+    return attn.esu(q, table, rows, sel.cross, sel.log_n, sel.mask)  # (B, out)
 
 
 class TwoStage(CTRModel):
@@ -40,6 +49,4 @@ class TwoStage(CTRModel):
         q = self.attn.query(target)  # (B, H, d)
         with torch.no_grad():
             idx, valid = self.gsu(batch, target, q)  # (B, K) each
-        sel = take(batch.seq, idx, valid)
-        table, rows = item_table(self.items, sel.rows)  # (U, D) once per kept item, (B, K)
-        return self.attn.esu(q, table, rows, sel.cross, sel.log_n, sel.mask)  # (B, out)
+        return attend_kept(self.attn, self.items, batch.seq, q, idx, valid)  # (B, out)
